@@ -1,0 +1,34 @@
+// Structured logging. Prompts, images, bodies and credentials are customer data: they are never logged at
+// info (STYLE lesson 11), and the redact list below blanks credentials even if a header map is logged at
+// debug by mistake.
+import pino from 'pino';
+
+export type Logger = pino.Logger;
+
+export const REDACT_PATHS = [
+  'headers["api-key"]',
+  'headers.authorization',
+  'headers["ocp-apim-subscription-key"]',
+  'headers.cookie',
+  '*.headers["api-key"]',
+  '*.headers.authorization',
+  '*.headers["ocp-apim-subscription-key"]',
+  'apiKey',
+  '*.apiKey',
+  'body',
+  '*.body',
+  'prompt',
+  '*.prompt',
+];
+
+export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: 'azure-image-extproc' },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+    },
+    destination ?? pino.destination({ sync: false }),
+  );
+}

@@ -1,0 +1,127 @@
+// Decisions -> Envoy wire format, in one place (STYLE lessons 3-5).
+// - Header values go in raw_value only: Envoy >= 1.32 ignores `value`, and both set is a 500 (reference §2.2, P1).
+// - `append` is always explicit: ext_proc honours only that deprecated BoolValue, default overwrite (§2.2, P2).
+// - Untouched requests get a bare CONTINUE: a rebuilt body would wipe other filters' changes (lesson 5).
+import type {
+  BodySendMode,
+  CommonResponse,
+  HeaderMutation,
+  ProcessingMode,
+  ProcessingResponse,
+  StructValue,
+} from './proto.js';
+
+export interface HeaderChanges {
+  /** Headers to overwrite (or add). Keys are lower-cased. */
+  set?: ReadonlyArray<readonly [string, string]>;
+  /** Headers to remove. Envoy never removes `:`-prefixed headers or `host` (§2.3). */
+  remove?: readonly string[];
+}
+
+export function headerMutation(changes: HeaderChanges | undefined): HeaderMutation | undefined {
+  const set = changes?.set ?? [];
+  const remove = changes?.remove ?? [];
+  if (set.length === 0 && remove.length === 0) return undefined;
+  return {
+    set_headers: set.map(([key, value]) => ({
+      header: { key: key.toLowerCase(), raw_value: Buffer.from(value, 'latin1') },
+      append: { value: false },
+    })),
+    remove_headers: remove.map((key) => key.toLowerCase()),
+  };
+}
+
+export interface CommonChanges {
+  headers?: HeaderChanges;
+  /** Replacement body (whole buffered body, or this chunk's bytes in STREAMED mode). */
+  body?: Buffer;
+  /** Ask Envoy to recompute the route; only effective together with a header mutation (§2.4, P9). */
+  clearRouteCache?: boolean;
+}
+
+function commonResponse(changes: CommonChanges = {}): CommonResponse {
+  const response: CommonResponse = { status: 'CONTINUE' };
+  const mutation = headerMutation(changes.headers);
+  if (mutation) response.header_mutation = mutation;
+  if (changes.body) {
+    // An empty replacement is sent as clear_body so the intent is explicit on the wire (§3.8).
+    response.body_mutation = changes.body.length === 0 ? { clear_body: true } : { body: changes.body };
+  }
+  if (changes.clearRouteCache && mutation) response.clear_route_cache = true;
+  return response;
+}
+
+export type Direction = 'request' | 'response';
+
+export function headersResponse(
+  direction: Direction,
+  changes?: CommonChanges,
+  extras: { modeOverride?: ProcessingMode; dynamicMetadata?: StructValue } = {},
+): ProcessingResponse {
+  const common = { response: commonResponse(changes) };
+  const base: ProcessingResponse =
+    direction === 'request' ? { request_headers: common } : { response_headers: common };
+  if (extras.modeOverride) base.mode_override = extras.modeOverride;
+  if (extras.dynamicMetadata) base.dynamic_metadata = extras.dynamicMetadata;
+  return base;
+}
+
+export function bodyResponse(
+  direction: Direction,
+  changes?: CommonChanges,
+  extras: { dynamicMetadata?: StructValue } = {},
+): ProcessingResponse {
+  const common = { response: commonResponse(changes) };
+  const base: ProcessingResponse = direction === 'request' ? { request_body: common } : { response_body: common };
+  if (extras.dynamicMetadata) base.dynamic_metadata = extras.dynamicMetadata;
+  return base;
+}
+
+/** FULL_DUPLEX_STREAMED answer: the bytes released so far for this direction (§3.6). */
+export function streamedBodyResponse(direction: Direction, body: Buffer, endOfStream: boolean): ProcessingResponse {
+  const common = {
+    response: { status: 'CONTINUE' as const, body_mutation: { streamed_response: { body, end_of_stream: endOfStream } } },
+  };
+  return direction === 'request' ? { request_body: common } : { response_body: common };
+}
+
+export function trailersResponse(direction: Direction): ProcessingResponse {
+  return direction === 'request' ? { request_trailers: {} } : { response_trailers: {} };
+}
+
+/** A local reply in Azure's error shape, so clients parse it like any Azure error (STYLE lesson 7). */
+export function azureErrorResponse(
+  httpStatus: number,
+  error: { message: string; type: string; code: string; param?: string | null },
+  details: string,
+): ProcessingResponse {
+  const body = Buffer.from(JSON.stringify({ error: { message: error.message, type: error.type, param: error.param ?? null, code: error.code } }));
+  return {
+    immediate_response: {
+      status: { code: httpStatus },
+      headers: headerMutation({ set: [['content-type', 'application/json']] }),
+      body,
+      // Spaces become `_` in %RESPONSE_CODE_DETAILS% anyway (§6.4); keep it a token.
+      details: details.replace(/\s+/g, '_'),
+    },
+  };
+}
+
+/**
+ * Content-Length after a request-body change (§3.9): Envoy keeps it only in BUFFERED mode with request
+ * headers sent, and then answers 500 unless it matches the new body, so it is set in the same body
+ * response. In every other mode Envoy drops `content-length` from set_headers itself, so setting it is
+ * harmless there; it is only written when the request had one (a chunked request stays chunked).
+ */
+export function contentLengthFor(body: Buffer, requestHadContentLength: boolean): HeaderChanges | undefined {
+  return requestHadContentLength ? { set: [['content-length', String(body.length)]] } : undefined;
+}
+
+/**
+ * The mode_override that switches only the request body mode. Since Envoy 1.34 header and trailer modes
+ * left DEFAULT keep the filter's configuration, but BOTH body modes are always taken from the override,
+ * so the response body mode must be restated or it silently becomes NONE (§4, P10).
+ */
+export function requestBodyModeOverride(requestBodyMode: BodySendMode, configuredResponseBodyMode: BodySendMode): ProcessingMode {
+  return { request_body_mode: requestBodyMode, response_body_mode: configuredResponseBodyMode };
+}
