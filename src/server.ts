@@ -1,0 +1,226 @@
+// The gRPC server: one Process() call per HTTP request, the health service on the same port, and the
+// transport facts Envoy depends on (message size, HTTP/2 reset guard, stream close).
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse } from './proto.js';
+import { CallProcessor, type CallResult } from './stream.js';
+
+/** Receives one report per finished call (metrics, tests). */
+export interface CallObserver {
+  callStarted?(): void;
+  callFinished?(result: CallResult, durationMs: number, how: CallEnd): void;
+}
+
+/** How a call ended: Envoy's half-close, its cancel (the >= 1.37 close, client disconnects), or our error. */
+export type CallEnd = 'completed' | 'cancelled' | 'error';
+
+export interface ServerOptions {
+  /** The snapshot each new call uses; a function so a reload swaps it without touching running calls. */
+  config: () => Config;
+  logger: Logger;
+  observer?: CallObserver;
+}
+
+export interface RunningServer {
+  /** Bound addresses, with the real port when 0 was asked for. */
+  readonly addresses: { listen: string; health?: string };
+  readonly health: HealthImplementation;
+  /** Number of calls in progress. */
+  activeCalls(): number;
+  setServing(serving: boolean): void;
+  /** Stops accepting calls, lets running ones finish, resolves when done (or force-closes at the deadline). */
+  shutdown(deadlineMs: number): Promise<void>;
+}
+
+export const HEALTH_SERVICES = ['', EXT_PROC_SERVICE] as const;
+
+function nodeSupportsResetGuardOptions(version = process.versions.node): boolean {
+  const [major, minor] = version.split('.').map(Number) as [number, number];
+  return major > 22 || (major === 22 && minor >= 10);
+}
+
+/**
+ * Envoy >= 1.37 ends every call with END_STREAM then RST_STREAM; Node's HTTP/2 layer counts those resets
+ * against its rapid-reset guard and drops the whole connection when the bucket runs dry (reference P25).
+ * Node >= 22.10 lets a server raise the bucket; grpc-js 1.14 does not pass the options through, so they go
+ * into the options object it hands to http2.createServer. Only for the Envoy-facing listener.
+ */
+function raiseResetGuard(server: grpc.Server, config: Config, logger: Logger): void {
+  if (!nodeSupportsResetGuardOptions()) {
+    logger.warn(
+      { node: process.versions.node },
+      'Node < 22.10 cannot raise the HTTP/2 rapid-reset limit: cap ext_proc connections in Envoy with max_requests_per_connection (see README, reference P25)',
+    );
+    return;
+  }
+  const options = (server as unknown as { commonServerOptions?: Record<string, unknown> }).commonServerOptions;
+  if (!options) {
+    logger.warn('grpc-js internals changed: HTTP/2 reset limits not raised; rely on Envoy max_requests_per_connection');
+    return;
+  }
+  options.streamResetBurst = config.http2StreamResetBurst;
+  options.streamResetRate = config.http2StreamResetRate;
+}
+
+async function removeStaleSocket(address: string): Promise<void> {
+  if (!address.startsWith('unix:')) return;
+  const path = address.slice('unix:'.length);
+  try {
+    if ((await lstat(path)).isSocket()) await unlink(path);
+  } catch {
+    // absent: nothing to remove
+  }
+}
+
+function bind(server: grpc.Server, address: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port)));
+  });
+}
+
+function withPort(address: string, port: number): string {
+  if (address.startsWith('unix:')) return address;
+  return address.replace(/:\d+$/, `:${port}`);
+}
+
+type ProcessCall = grpc.ServerDuplexStream<ProcessingRequest, ProcessingResponse>;
+
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const { logger, observer } = options;
+  const config = options.config();
+  const serverOptions: grpc.ServerOptions = {
+    // Envoy sends a whole BUFFERED body in one message; grpc-js would refuse anything above 4 MiB.
+    'grpc.max_receive_message_length': config.maxMessageBytes,
+    'grpc.max_send_message_length': config.maxMessageBytes,
+  };
+  const server = new grpc.Server(serverOptions);
+  raiseResetGuard(server, config, logger);
+
+  const health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICES.map((name) => [name, 'SERVING'])));
+  health.addToServer(server);
+
+  let active = 0;
+  const idleWaiters: Array<() => void> = [];
+
+  function process(call: ProcessCall): void {
+    const started = performance.now();
+    const processor = new CallProcessor(options.config());
+    active++;
+    observer?.callStarted?.();
+    let ended = false;
+    let paused = false;
+
+    const finish = (how: CallEnd): void => {
+      if (ended) return;
+      ended = true;
+      active--;
+      const result = processor.result ?? { kind: 'passed', reason: 'body_not_sent' };
+      observer?.callFinished?.(result, performance.now() - started, how);
+      if (result.kind === 'rewritten') {
+        const { report } = result;
+        logger.info(
+          {
+            route: report.route.kind,
+            operation: report.route.operation,
+            deployment: report.route.kind === 'deployment' ? report.route.deployment : undefined,
+            bodyKind: report.bodyKind,
+            mode: report.mode,
+            removed: report.removed,
+            bytesBefore: report.bytesIn,
+            bytesAfter: report.bytesOut,
+            durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+          },
+          'request rewritten',
+        );
+      } else if (result.reason === 'invalid_body') {
+        logger.warn(
+          { route: result.route?.kind, operation: result.route?.operation, reason: result.detail },
+          'body is not what its content-type says: forwarded unchanged',
+        );
+      }
+      if (active === 0) idleWaiters.splice(0).forEach((wake) => wake());
+    };
+
+    call.on('data', (message: ProcessingRequest) => {
+      if (ended) return;
+      let responses: ProcessingResponse[];
+      try {
+        responses = processor.handle(message);
+      } catch (error) {
+        // Surprises end the call with a gRPC status; Envoy's failure_mode_allow decides (lesson 7).
+        logger.error({ err: error }, 'ext_proc call failed');
+        finish('error');
+        call.emit('error', { code: grpc.status.INTERNAL, details: (error as Error).message });
+        return;
+      }
+      for (const response of responses) {
+        if (!call.write(response) && !paused) {
+          // Honour back-pressure: stop reading until the answers are flushed.
+          paused = true;
+          call.pause();
+          call.once('drain', () => {
+            paused = false;
+            if (!ended) call.resume();
+          });
+        }
+      }
+    });
+    // Envoy's half-close: every message has been answered synchronously, so finish with OK (§6.6, P22).
+    call.on('end', () => {
+      if (ended) return;
+      finish('completed');
+      call.end();
+    });
+    // Envoy >= 1.37 cancels right after its last needed answer; clients disconnect. Both are normal (P17).
+    call.on('cancelled', () => finish('cancelled'));
+    call.on('error', () => finish('error'));
+  }
+
+  server.addService(extProcService().service, { Process: process });
+
+  await removeStaleSocket(config.listen);
+  const port = await bind(server, config.listen);
+  if (config.listen.startsWith('unix:') && config.socketMode !== undefined) {
+    await chmod(config.listen.slice('unix:'.length), config.socketMode);
+  }
+
+  // A health-only listener keeps Node's default HTTP/2 limits: kubelet probes are not Envoy.
+  let healthServer: grpc.Server | undefined;
+  let healthAddress: string | undefined;
+  if (config.healthListen) {
+    healthServer = new grpc.Server();
+    health.addToServer(healthServer);
+    await removeStaleSocket(config.healthListen);
+    healthAddress = withPort(config.healthListen, await bind(healthServer, config.healthListen));
+  }
+
+  const setServing = (serving: boolean): void => {
+    for (const name of HEALTH_SERVICES) health.setStatus(name, serving ? 'SERVING' : 'NOT_SERVING');
+  };
+
+  return {
+    addresses: { listen: withPort(config.listen, port), ...(healthAddress ? { health: healthAddress } : {}) },
+    health,
+    activeCalls: () => active,
+    setServing,
+    async shutdown(deadlineMs: number): Promise<void> {
+      setServing(false);
+      const idle = active === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve));
+      const graceful = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<'deadline'>((resolve) => {
+        timer = setTimeout(() => resolve('deadline'), deadlineMs);
+      });
+      const outcome = await Promise.race([Promise.all([idle, graceful]), deadline]);
+      clearTimeout(timer);
+      if (outcome === 'deadline') {
+        logger.warn({ activeCalls: active }, 'shutdown deadline reached: closing remaining calls');
+        server.forceShutdown();
+      }
+      healthServer?.forceShutdown();
+    },
+  };
+}
