@@ -5,12 +5,14 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
-import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse } from './proto.js';
+import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse, type RequestKind } from './proto.js';
 import { CallProcessor, type CallResult } from './stream.js';
 
 /** Receives one report per finished call (metrics, tests). */
 export interface CallObserver {
   callStarted?(): void;
+  /** Time spent deciding the answer(s) to one Envoy message, in seconds. */
+  messageProcessed?(kind: RequestKind, seconds: number): void;
   callFinished?(result: CallResult, durationMs: number, how: CallEnd): void;
 }
 
@@ -30,6 +32,8 @@ export interface RunningServer {
   readonly health: HealthImplementation;
   /** Number of calls in progress. */
   activeCalls(): number;
+  /** Body bytes currently held back by the editors across all calls. */
+  heldBytes(): number;
   setServing(serving: boolean): void;
   /** Stops accepting calls, lets running ones finish, resolves when done (or force-closes at the deadline). */
   shutdown(deadlineMs: number): Promise<void>;
@@ -103,12 +107,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   health.addToServer(server);
 
   let active = 0;
+  const processors = new Set<CallProcessor>();
   const idleWaiters: Array<() => void> = [];
 
   function process(call: ProcessCall): void {
     const started = performance.now();
     const processor = new CallProcessor(options.config());
     active++;
+    processors.add(processor);
     observer?.callStarted?.();
     let ended = false;
     let paused = false;
@@ -117,6 +123,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (ended) return;
       ended = true;
       active--;
+      processors.delete(processor);
       const result = processor.result ?? { kind: 'passed', reason: 'body_not_sent' };
       observer?.callFinished?.(result, performance.now() - started, how);
       if (result.kind === 'rewritten') {
@@ -147,8 +154,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     call.on('data', (message: ProcessingRequest) => {
       if (ended) return;
       let responses: ProcessingResponse[];
+      const begun = performance.now();
       try {
         responses = processor.handle(message);
+        if (message.request) observer?.messageProcessed?.(message.request, (performance.now() - begun) / 1000);
       } catch (error) {
         // Surprises end the call with a gRPC status; Envoy's failure_mode_allow decides (lesson 7).
         logger.error({ err: error }, 'ext_proc call failed');
@@ -205,6 +214,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     addresses: { listen: withPort(config.listen, port), ...(healthAddress ? { health: healthAddress } : {}) },
     health,
     activeCalls: () => active,
+    heldBytes: () => {
+      let total = 0;
+      for (const processor of processors) total += processor.heldBytes;
+      return total;
+    },
     setServing,
     async shutdown(deadlineMs: number): Promise<void> {
       setServing(false);
