@@ -241,7 +241,7 @@ export class CallProcessor {
     if (!candidate || !plan) return this.passBody('request', message);
     candidate.bytesIn += message.body.length;
 
-    if (plan.mode === 'STREAMED' || plan.mode === 'FULL_DUPLEX_STREAMED') return this.streamChunk(candidate, plan, message);
+    if ('editor' in plan) return this.streamChunk(candidate, plan, message);
 
     if (plan.seenBody) {
       // BUFFERED and BUFFERED_PARTIAL send one body message; anything after it flows unprocessed.
