@@ -24,6 +24,17 @@ export const ConfigSchema = z
     /** HTTP/2 rapid-reset guard on the ext_proc listener (Node >= 22.10 only; reference P25). */
     http2StreamResetBurst: z.coerce.number().int().positive().default(10_000),
     http2StreamResetRate: z.coerce.number().int().positive().default(4_000),
+    /**
+     * On SIGTERM, time between going NOT_SERVING and closing the listener, while new calls are still
+     * served: Kubernetes endpoint removal and Envoy's health checks take seconds to stop sending calls
+     * here. SIGINT (Ctrl-C on `npm start`) skips it: nothing routes to an interactive run.
+     */
+    drainDelayMs: z.coerce.number().int().min(0).default(5_000),
+    /**
+     * After the drain delay, how long in-flight calls may take before they are closed. drainDelayMs +
+     * shutdownDeadlineMs must stay under Kubernetes' terminationGracePeriodSeconds (default 30 s).
+     */
+    shutdownDeadlineMs: z.coerce.number().int().min(0).default(20_000),
   })
   .strict();
 
@@ -40,6 +51,8 @@ const ENV_KEYS: Record<string, keyof Config> = {
   LOG_LEVEL: 'logLevel',
   EXTPROC_HTTP2_STREAM_RESET_BURST: 'http2StreamResetBurst',
   EXTPROC_HTTP2_STREAM_RESET_RATE: 'http2StreamResetRate',
+  EXTPROC_DRAIN_DELAY_MS: 'drainDelayMs',
+  EXTPROC_SHUTDOWN_DEADLINE_MS: 'shutdownDeadlineMs',
 };
 
 export class ConfigError extends Error {}

@@ -13,6 +13,15 @@ export const REDACT_PATHS = [
   '*.headers["api-key"]',
   '*.headers.authorization',
   '*.headers["ocp-apim-subscription-key"]',
+  '*.headers.cookie',
+  // Envoy's HeaderMap (a request_headers / trailers message logged whole) is a list of {key, raw_value}:
+  // every value is blanked, since which entry holds a credential is only known by its key.
+  'headers.headers[*].raw_value',
+  'headers.headers[*].value',
+  '*.headers.headers[*].raw_value',
+  '*.headers.headers[*].value',
+  '*.trailers.headers[*].raw_value',
+  '*.trailers.headers[*].value',
   'apiKey',
   '*.apiKey',
   'body',

@@ -1,11 +1,10 @@
 #!/usr/bin/env node
 // Entry point: env -> config -> server; SIGTERM/SIGINT drain then exit.
+import { healthChecker, startAdmin } from './admin.js';
 import { ConfigError, loadConfig } from './config.js';
 import { createLogger } from './log.js';
+import { createMetrics } from './metrics.js';
 import { startServer } from './server.js';
-
-const DRAIN_DELAY_MS = Number(process.env.EXTPROC_DRAIN_DELAY_MS ?? 0);
-const SHUTDOWN_DEADLINE_MS = Number(process.env.EXTPROC_SHUTDOWN_DEADLINE_MS ?? 20_000);
 
 async function main(): Promise<void> {
   let config;
@@ -19,17 +18,38 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger(config.logLevel);
-  const server = await startServer({ config: () => config, logger });
-  logger.info({ listen: server.addresses.listen, health: server.addresses.health, node: process.versions.node }, 'ready');
+  const metrics = createMetrics();
+  const server = await startServer({ config: () => config, logger, observer: metrics.observer });
+  metrics.watch(server);
+  // /readyz reads the grpc.health.v1 state that setServing flips, so both probes agree (STYLE lesson 9).
+  const extProcStatus = healthChecker(server.health);
+  const admin = config.adminListen
+    ? await startAdmin({
+        listen: config.adminListen,
+        registry: metrics.registry,
+        isReady: () => extProcStatus() === 'SERVING',
+        isLive: () => true,
+        logger,
+      })
+    : undefined;
+  logger.info(
+    { listen: server.addresses.listen, health: server.addresses.health, admin: admin?.address, node: process.versions.node },
+    'ready',
+  );
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
+    // npm forwards the terminal's SIGINT to us, so one Ctrl-C can arrive twice: repeats are ignored.
     if (stopping) return;
     stopping = true;
-    logger.info({ signal, activeCalls: server.activeCalls() }, 'draining');
+    // Orchestrators stop with SIGTERM and keep routing here for a while; Ctrl-C on a local run does not.
+    const drainDelayMs = signal === 'SIGTERM' ? config.drainDelayMs : 0;
+    logger.info({ signal, activeCalls: server.activeCalls(), drainDelayMs }, 'draining');
     server.setServing(false);
-    await new Promise((resolve) => setTimeout(resolve, DRAIN_DELAY_MS));
-    await server.shutdown(SHUTDOWN_DEADLINE_MS);
+    await new Promise((resolve) => setTimeout(resolve, drainDelayMs));
+    await server.shutdown(config.shutdownDeadlineMs);
+    // Last, so /metrics and /readyz (503) stay scrapeable while the calls drain.
+    await admin?.close();
     logger.info('stopped');
     logger.flush();
     process.exit(0);
