@@ -47,12 +47,13 @@ async function main(): Promise<void> {
     logger.info({ signal, activeCalls: server.activeCalls(), drainDelayMs }, 'draining');
     server.setServing(false);
     await new Promise((resolve) => setTimeout(resolve, drainDelayMs));
-    await server.shutdown(config.shutdownDeadlineMs);
+    const drained = await server.shutdown(config.shutdownDeadlineMs);
     // Last, so /metrics and /readyz (503) stay scrapeable while the calls drain.
     await admin?.close();
-    logger.info('stopped');
+    logger.info({ drained }, 'stopped');
     logger.flush();
-    process.exit(0);
+    // Calls cut off at the deadline are failures an orchestrator should see in the exit status.
+    process.exit(drained ? 0 : 1);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));

@@ -44,6 +44,7 @@ const PASS_REASONS: Record<PassReason, true> = {
   partial_body: true,
   body_mode_unknown: true,
   body_not_sent: true,
+  call_ended: true,
 };
 const CALL_ENDS: Record<CallEnd, true> = { completed: true, cancelled: true, error: true };
 

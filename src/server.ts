@@ -35,8 +35,11 @@ export interface RunningServer {
   /** Body bytes currently held back by the editors across all calls. */
   heldBytes(): number;
   setServing(serving: boolean): void;
-  /** Stops accepting calls, lets running ones finish, resolves when done (or force-closes at the deadline). */
-  shutdown(deadlineMs: number): Promise<void>;
+  /**
+   * Stops accepting calls, lets running ones finish, and resolves true when they all did; at the deadline
+   * it force-closes the rest and resolves false.
+   */
+  shutdown(deadlineMs: number): Promise<boolean>;
 }
 
 export const HEALTH_SERVICES = ['', EXT_PROC_SERVICE] as const;
@@ -124,7 +127,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       ended = true;
       active--;
       processors.delete(processor);
-      const result = processor.result ?? { kind: 'passed', reason: 'body_not_sent' };
+      const result = processor.finalResult();
       observer?.callFinished?.(result, performance.now() - started, how);
       if (result.kind === 'rewritten') {
         const { report } = result;
@@ -178,11 +181,16 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       }
     });
     // Envoy's half-close: every message has been answered synchronously, so finish with OK (§6.6, P22).
-    call.on('end', () => {
-      if (ended) return;
-      finish('completed');
-      call.end();
-    });
+    // A reset (client disconnect, Envoy's cancel) also surfaces as 'end' first, with 'cancelled' right
+    // after: wait one turn so a reset is not taken for a half-close and nothing is written to it.
+    call.on('end', () =>
+      setImmediate(() => {
+        if (ended) return;
+        if (call.cancelled) return finish('cancelled');
+        finish('completed');
+        call.end();
+      }),
+    );
     // Envoy >= 1.37 cancels right after its last needed answer; clients disconnect. Both are normal (P17).
     call.on('cancelled', () => finish('cancelled'));
     call.on('error', () => finish('error'));
@@ -220,7 +228,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       return total;
     },
     setServing,
-    async shutdown(deadlineMs: number): Promise<void> {
+    async shutdown(deadlineMs: number): Promise<boolean> {
       setServing(false);
       const idle = active === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve));
       const graceful = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
@@ -235,6 +243,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         server.forceShutdown();
       }
       healthServer?.forceShutdown();
+      return outcome !== 'deadline';
     },
   };
 }

@@ -39,7 +39,9 @@ export type PassReason =
   | 'invalid_body'
   | 'partial_body'
   | 'body_mode_unknown'
-  | 'body_not_sent';
+  | 'body_not_sent'
+  /** The call ended (Envoy's close, a disconnect, an error) before the request was decided. */
+  | 'call_ended';
 
 export interface RewriteReport {
   route: ImageRoute;
@@ -108,6 +110,14 @@ export class CallProcessor {
   /** The call's outcome, once known (undefined while undecided). */
   get result(): CallResult | undefined {
     return this.resultValue;
+  }
+
+  /** The outcome when the call is over: an undecided candidate either never got its body or was cut off. */
+  finalResult(): CallResult {
+    if (this.resultValue) return this.resultValue;
+    const candidate = this.candidate;
+    if (candidate && candidate.bytesIn === 0) return { kind: 'passed', reason: 'body_not_sent', route: candidate.route };
+    return { kind: 'passed', reason: 'call_ended', ...(candidate ? { route: candidate.route } : {}) };
   }
 
   handle(message: ProcessingRequest): ProcessingResponse[] {

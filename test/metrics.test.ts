@@ -156,10 +156,9 @@ describe('metrics driven by real calls', () => {
     expect(sampleValue(parsePrometheus(await metrics.registry.metrics()), 'extproc_active_calls')).toBe(0);
   });
 
-  // KNOWN BUG (src/server.ts, not this module): Node's HTTP/2 layer ends the readable side when the client
-  // resets the stream, so grpc-js emits 'end' before 'cancelled' and the server reports a client that
-  // went away mid-call as `completed`. `it.fails` turns red once server.ts decides on the next turn.
-  it.fails('counts a client that resets mid-call as cancelled, not completed', async () => {
+  // Node's HTTP/2 layer ends the readable side when the client resets the stream, so grpc-js emits 'end'
+  // before 'cancelled': a client that went away mid-call must still count as cancelled.
+  it('counts a client that resets mid-call as cancelled, not completed', async () => {
     const before = parsePrometheus(await metrics.registry.metrics());
     const abandoned = openCall(client);
     abandoned.send(requestHeaders(imageHeaders({ contentLength: 100 })));
