@@ -6,6 +6,98 @@ const MiB = 1024 * 1024;
 
 const byteSize = z.coerce.number().int().positive();
 
+/** What to do with a request past a size limit or the global memory budget (issue 4). */
+const LimitsSchema = z
+  .object({
+    /** Largest request body the server edits; larger ones are forwarded unchanged or rejected. */
+    maxBodyBytes: byteSize.default(256 * MiB),
+    /** Bytes all calls together may hold in memory (buffered bodies, held-back stream bytes). */
+    globalHeldBytes: byteSize.default(512 * MiB),
+    /** `forward`: pass over-limit bodies through unchanged (counted, logged); `reject`: answer 413. */
+    overLimit: z.enum(['forward', 'reject']).default('forward'),
+    /** Largest decompressed size of a gzip/deflate/br body the server will inflate to edit. */
+    maxDecompressedBytes: byteSize.default(64 * MiB),
+  })
+  .strict();
+
+/** A deployment name as Azure allows it in one path segment; never `.`/`..` or anything with a slash. */
+const deploymentName = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ".", "_" or "-", starting with a letter or digit')
+  .refine((name) => name !== '.' && name !== '..', 'must not be "." or ".."');
+
+/** Opt-in rewrites (issue 6). With none configured the server only removes `model` on deployment routes. */
+const RewriteSchema = z
+  .object({
+    /** Plain OpenAI paths (`{prefix}/images/generations|edits`) -> Azure deployment routes. */
+    openaiPaths: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** Path prefix the OpenAI-style client uses, e.g. `/v1`. */
+        prefix: z.string().regex(/^(\/[^/?#]+)*$/, 'must be empty or start with "/" and not end with "/"').default('/v1'),
+      })
+      .strict()
+      .prefault({}),
+    /** `/openai/images/{op}` (no deployment; Azure answers 404) -> `/openai/deployments/{model}/images/{op}`. */
+    deploymentlessRoutes: z.boolean().default(false),
+    /** Model names or aliases -> deployment names, used by every rewrite that needs a deployment. */
+    deployments: z.record(z.string().min(1), deploymentName).default({}),
+    /** When a model has no entry in `deployments`, use the model name itself as the deployment. */
+    modelAsDeployment: z.boolean().default(true),
+    /** Rewrite `/openai/deployments/{alias}/…` to the deployment `deployments[alias]` names. */
+    aliasDeploymentRoutes: z.boolean().default(false),
+    apiVersion: z
+      .object({
+        /** api-version added to rewritten paths, and to deployment routes that have none. */
+        default: z.string().regex(/^[A-Za-z0-9.-]+$/).optional(),
+        /** Replace any api-version the client sent on deployment routes with `default`. */
+        force: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
+    /** `/openai/v1/images/*`: `model` must be the deployment name there (AZURE-IMAGES.md §6.17). */
+    v1: z
+      .object({
+        /** Prefixes removed from `model`, e.g. `azure/` (LiteLLM-style provider prefixes). */
+        stripProviderPrefixes: z.array(z.string().min(1)).default([]),
+        /** Replace `model` with `deployments[model]` when there is an entry. */
+        mapModels: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
+    /** Body field hygiene on deployment routes, each off by default (AZURE-IMAGES.md §6.11). */
+    fields: z
+      .object({
+        dropResponseFormat: z.boolean().default(false),
+        /** `keep` as sent, `unwrap` its members into the top level, or `drop` it. */
+        extraBody: z.enum(['keep', 'unwrap', 'drop']).default('keep'),
+        /** Other top-level fields to drop. */
+        drop: z.array(z.string().min(1)).default([]),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict()
+  .superRefine((rewrite, context) => {
+    if (rewrite.apiVersion.force && !rewrite.apiVersion.default) {
+      context.addIssue({ code: 'custom', path: ['apiVersion', 'force'], message: 'needs apiVersion.default' });
+    }
+    if (rewrite.openaiPaths.enabled && !rewrite.apiVersion.default) {
+      context.addIssue({ code: 'custom', path: ['openaiPaths', 'enabled'], message: 'needs apiVersion.default (Azure deployment routes require api-version)' });
+    }
+  });
+
+const CredentialsSchema = z
+  .object({
+    /** On classic Azure routes, turn `Authorization: Bearer <key>` into `api-key: <key>`. */
+    bearerToApiKey: z.boolean().default(false),
+    /** Inject `api-key` from this file (re-read on change) and remove the caller's credentials. */
+    apiKeyFile: z.string().min(1).optional(),
+  })
+  .strict();
+
 export const ConfigSchema = z
   .object({
     /** ext_proc + grpc.health.v1 listener: `host:port` or `unix:/path`. */
@@ -35,6 +127,11 @@ export const ConfigSchema = z
      * shutdownDeadlineMs must stay under Kubernetes' terminationGracePeriodSeconds (default 30 s).
      */
     shutdownDeadlineMs: z.coerce.number().int().min(0).default(20_000),
+    limits: LimitsSchema.prefault({}),
+    rewrite: RewriteSchema.prefault({}),
+    credentials: CredentialsSchema.prefault({}),
+    /** Dynamic metadata namespace for access logs; unset = none sent. Envoy must list it in receiving_namespaces. */
+    metadataNamespace: z.string().regex(/^[A-Za-z0-9_.-]+$/).optional(),
   })
   .strict();
 
@@ -67,14 +164,28 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   return values;
 }
 
-/** Validates `overrides` over the defaults; messages name the offending key. */
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** One line per problem, each naming the full key path (`rewrite.openaiPaths.prefix: …`). */
+export function describeIssues(error: z.ZodError): string[] {
+  return error.issues.flatMap((issue) => {
+    const at = issue.path.map(String);
+    if (issue.code === 'unrecognized_keys') return issue.keys.map((key) => `${[...at, key].join('.')}: unknown key`);
+    return [`${at.join('.') || '(root)'}: ${issue.message}`];
+  });
+}
+
+/** Validates `overrides` over the defaults into a deeply frozen snapshot; messages name the bad key. */
 export function buildConfig(overrides: Record<string, unknown> = {}): Config {
   const parsed = ConfigSchema.safeParse(overrides);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`);
-    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
-  }
-  return Object.freeze(parsed.data);
+  if (!parsed.success) throw new ConfigError(`invalid configuration: ${describeIssues(parsed.error).join('; ')}`);
+  return deepFreeze(parsed.data);
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
