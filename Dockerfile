@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# azure-image-extproc: the Envoy ext_proc server. The same image also runs the Azure stand-in of the
+# compose demo (entrypoint node dist/azure-standin.js).
+#
+#   docker build -t azure-image-extproc:0.1.0 .
+#   docker run --rm -p 50051:50051 azure-image-extproc:0.1.0
+#
+# Node 24 (the current LTS): on Node >= 22.10 the server raises HTTP/2's reset limits on its Envoy-facing
+# listener (ENVOY-EXTPROC.md P25); on Node 20 only Envoy's max_requests_per_connection protects it.
+ARG NODE_IMAGE=node:24-bookworm-slim
+
+# ---- build: full install, compile TypeScript -------------------------------------------------------
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+COPY proto ./proto
+RUN npm run build
+
+# ---- prod-deps: runtime dependencies only, from the lockfile -------------------------------------
+# A separate stage, so a source change does not reinstall them and no dev dependency can leak in.
+FROM ${NODE_IMAGE} AS prod-deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+
+# ---- runtime ---------------------------------------------------------------------------------------
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+# Files stay owned by root: the server cannot modify its own code or dependencies.
+COPY --from=prod-deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+# The server resolves ../proto from dist/ (src/proto.ts).
+COPY --from=build /app/proto ./proto
+COPY package.json ./
+# The image's `node` user, by number so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+USER 1000:1000
+# ext_proc + grpc.health.v1 (EXTPROC_LISTEN). Optional: 50052 health-only (EXTPROC_HEALTH_LISTEN),
+# 9090 HTTP admin/metrics (EXTPROC_ADMIN_LISTEN).
+EXPOSE 50051
+# The same gRPC health check Envoy's cluster health check and the kubelet use; no curl or probe binary.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["node", "dist/healthcheck.js"]
+# node directly, no npm: npm would sit between the runtime and node and swallow SIGTERM. As PID 1, node
+# gets no default signal handlers from the kernel, but the server installs its own for SIGTERM/SIGINT
+# (health NOT_SERVING, drain, exit), and it starts no child processes, so an init like tini has
+# nothing to reap. `docker run --init` remains available if you add any.
+ENTRYPOINT ["node", "dist/main.js"]
