@@ -5,7 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestKind } from './proto.js';
 import type { CallEnd, CallObserver } from './server.js';
-import type { CallResult, PassReason } from './stream.js';
+import type { CallResult, PassReason, RejectReason } from './stream.js';
 
 export const METRIC_PREFIX = 'extproc_';
 
@@ -44,8 +44,11 @@ const PASS_REASONS: Record<PassReason, true> = {
   partial_body: true,
   body_mode_unknown: true,
   body_not_sent: true,
+  needs_buffered_body: true,
+  too_large: true,
   call_ended: true,
 };
+const REJECT_REASONS: Record<RejectReason, true> = { invalid_deployment: true, missing_model: true, body_too_large: true };
 const CALL_ENDS: Record<CallEnd, true> = { completed: true, cancelled: true, error: true };
 
 /** What the metrics read on each scrape from the running server. */
@@ -57,11 +60,6 @@ export interface Metrics {
   readonly registry: Registry;
   /** Pass as `observer` to startServer. */
   readonly observer: CallObserver;
-  /**
-   * A request answered with an ImmediateResponse instead of being forwarded. `reason` must come from a
-   * fixed set (e.g. `body_too_large`), never from request data.
-   */
-  rejected(reason: string): void;
   /** A configuration reload attempt: applied (`true`) or refused and the old snapshot kept (`false`). */
   configReloaded(ok: boolean): void;
   /** Reads `extproc_body_bytes_held` from this source at scrape time (the server exists after the metrics). */
@@ -138,6 +136,7 @@ export function createMetrics(registry: Registry = new Registry()): Metrics {
   for (const reason of Object.keys(PASS_REASONS)) passed.inc({ reason }, 0);
   for (const end of Object.keys(CALL_ENDS)) calls.inc({ end }, 0);
   for (const result of ['success', 'failure']) reloads.inc({ result }, 0);
+  for (const reason of Object.keys(REJECT_REASONS)) rejectedCounter.inc({ reason }, 0);
   bytesRemoved.inc(0);
 
   const countResult = (result: CallResult): void => {
@@ -150,6 +149,9 @@ export function createMetrics(registry: Registry = new Registry()): Metrics {
       }
       case 'passed':
         passed.inc({ reason: result.reason });
+        return;
+      case 'rejected':
+        rejectedCounter.inc({ reason: result.reason });
         return;
       default: {
         // A new CallResult kind must be counted somewhere: this fails type-checking until it is.
@@ -177,9 +179,6 @@ export function createMetrics(registry: Registry = new Registry()): Metrics {
   return {
     registry,
     observer,
-    rejected(reason) {
-      rejectedCounter.inc({ reason });
-    },
     configReloaded(ok) {
       reloads.inc({ result: ok ? 'success' : 'failure' });
     },

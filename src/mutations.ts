@@ -125,3 +125,18 @@ export function contentLengthFor(body: Buffer, requestHadContentLength: boolean)
 export function requestBodyModeOverride(requestBodyMode: BodySendMode, configuredResponseBodyMode: BodySendMode): ProcessingMode {
   return { request_body_mode: requestBodyMode, response_body_mode: configuredResponseBodyMode };
 }
+
+/**
+ * Dynamic metadata under one namespace. protobufjs encodes google.protobuf.Value with camelCase members
+ * (`structValue`, `stringValue`); snake_case would be dropped silently (reference §1.8, P12). Envoy applies
+ * it only if the namespace is listed in metadata_options.receiving_namespaces.untyped (§6.5).
+ */
+export function metadataStruct(namespace: string, fields: Record<string, string | number | boolean>): StructValue {
+  const values = Object.fromEntries(
+    Object.entries(fields).map(([key, value]) => [
+      key,
+      typeof value === 'string' ? { stringValue: value } : typeof value === 'number' ? { numberValue: value } : { boolValue: value },
+    ]),
+  );
+  return { fields: { [namespace]: { structValue: { fields: values } } } };
+}

@@ -31,7 +31,12 @@ export interface DeploymentlessRoute extends RouteBase {
   kind: 'deploymentless';
 }
 
-export type ImageRoute = DeploymentRoute | V1Route | DeploymentlessRoute;
+/** A plain OpenAI path (`{prefix}/images/{op}`, e.g. `/v1/images/generations`), matched only when configured. */
+export interface OpenAIRoute extends RouteBase {
+  kind: 'openai';
+}
+
+export type ImageRoute = DeploymentRoute | V1Route | DeploymentlessRoute | OpenAIRoute;
 
 // Case-insensitive on the fixed segments (§6.4); the path is forwarded unchanged. A single trailing slash
 // is tolerated (§6.3). `[^/]+` keeps the deployment to one segment; `:submit` and `/variations` don't match.
@@ -116,4 +121,35 @@ export function queryParam(query: string, name: string): string | undefined {
     }
   }
   return undefined;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+const openAIPatterns = new Map<string, RegExp>();
+
+/** Matches `{prefix}/images/generations|edits` for a configured OpenAI-style prefix (issue 6). */
+export function matchOpenAIRoute(path: string, prefix: string): OpenAIRoute | undefined {
+  let pattern = openAIPatterns.get(prefix);
+  if (!pattern) {
+    pattern = new RegExp(`^${escapeRegExp(prefix)}/images/(?<op>generations|edits)/?$`, 'i');
+    openAIPatterns.set(prefix, pattern);
+  }
+  const { pathname, query } = splitPath(path);
+  const match = pattern.exec(normalizeUnreserved(pathname));
+  if (!match?.groups) return undefined;
+  return { kind: 'openai', prefix, operation: match.groups.op!.toLowerCase() as ImageOperation, query, pathname };
+}
+
+/** `{prefix}/openai/deployments/{deployment}/images/{op}?{query}`, the deployment percent-encoded as one segment. */
+export function deploymentPath(prefix: string, deployment: string, operation: ImageOperation, query: string): string {
+  const path = `${prefix}/openai/deployments/${encodeURIComponent(deployment)}/images/${operation}`;
+  return query ? `${path}?${query}` : path;
+}
+
+/** Sets (or replaces) one query parameter, keeping every other parameter as sent. */
+export function withQueryParam(query: string, name: string, value: string): string {
+  const kept = query === '' ? [] : query.split('&').filter((pair) => pair !== '' && pair.split('=')[0] !== name);
+  return [...kept, `${name}=${encodeURIComponent(value)}`].join('&');
 }

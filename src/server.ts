@@ -6,6 +6,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse, type RequestKind } from './proto.js';
+import { MemoryBudget } from './budget.js';
 import { CallProcessor, type CallResult } from './stream.js';
 
 /** Receives one report per finished call (metrics, tests). */
@@ -24,6 +25,8 @@ export interface ServerOptions {
   config: () => Config;
   logger: Logger;
   observer?: CallObserver;
+  /** The current API key from `credentials.apiKeyFile` (see src/secrets.ts). */
+  apiKey?: () => string | undefined;
 }
 
 export interface RunningServer {
@@ -32,7 +35,7 @@ export interface RunningServer {
   readonly health: HealthImplementation;
   /** Number of calls in progress. */
   activeCalls(): number;
-  /** Body bytes currently held back by the editors across all calls. */
+  /** Body bytes currently held across all calls: whole bodies reserved plus bytes editors hold back. */
   heldBytes(): number;
   setServing(serving: boolean): void;
   /**
@@ -111,11 +114,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   let active = 0;
   const processors = new Set<CallProcessor>();
+  // Sized once at start: a reload cannot resize memory already promised to running calls.
+  const budget = new MemoryBudget(config.limits.globalHeldBytes);
   const idleWaiters: Array<() => void> = [];
 
   function process(call: ProcessCall): void {
     const started = performance.now();
-    const processor = new CallProcessor(options.config());
+    const processor = new CallProcessor(options.config(), { budget, ...(options.apiKey ? { apiKey: options.apiKey } : {}) });
     active++;
     processors.add(processor);
     observer?.callStarted?.();
@@ -127,6 +132,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       ended = true;
       active--;
       processors.delete(processor);
+      processor.close();
       const result = processor.finalResult();
       observer?.callFinished?.(result, performance.now() - started, how);
       if (result.kind === 'rewritten') {
@@ -138,7 +144,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
             deployment: report.route.kind === 'deployment' ? report.route.deployment : undefined,
             bodyKind: report.bodyKind,
             mode: report.mode,
-            removed: report.removed,
+            changes: report.changes,
             bytesBefore: report.bytesIn,
             bytesAfter: report.bytesOut,
             durationMs: Math.round((performance.now() - started) * 1000) / 1000,
@@ -223,7 +229,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     health,
     activeCalls: () => active,
     heldBytes: () => {
-      let total = 0;
+      let total = budget.held;
       for (const processor of processors) total += processor.heldBytes;
       return total;
     },

@@ -1,14 +1,18 @@
 // One ext_proc call = one HTTP request. This state machine turns each Envoy message into exactly one
 // answer of the matching kind, in order (reference §3.1, §6.1, P6, P8), except in FULL_DUPLEX_STREAMED
 // where answers carry the bytes released so far and may be fewer than the chunks (§3.6).
-// It never does I/O: the server writes what `handle` returns.
+// It never does I/O: the server writes what `handle` returns. Decisions come from src/rewrite.ts.
 import { classifyBody, createJsonEditor, createMultipartEditor, editJson, editMultipart } from './body/index.js';
-import type { EditOutcome, FieldRules, StreamEditor } from './body/index.js';
+import type { EditOutcome, StreamEditor, TouchedField } from './body/index.js';
+import type { MemoryBudget } from './budget.js';
 import type { Config } from './config.js';
+import { decompress, parseEncoding, type Encoding } from './encoding.js';
 import {
+  azureErrorResponse,
   bodyResponse,
   contentLengthFor,
   headersResponse,
+  metadataStruct,
   requestBodyModeOverride,
   streamedBodyResponse,
   trailersResponse,
@@ -24,8 +28,10 @@ import type {
   ProcessingRequest,
   ProcessingResponse,
   ProtocolConfiguration,
+  StructValue,
 } from './proto.js';
-import { matchImageRoute, type ImageRoute } from './routes.js';
+import { isHandled, isRejection, pathFromBody, planRequest, routeFor, unwrapExtraBody, type Rejection, type RequestPlan } from './rewrite.js';
+import type { ImageRoute } from './routes.js';
 
 /** Why a request was forwarded untouched; each is a metrics label. */
 export type PassReason =
@@ -40,21 +46,29 @@ export type PassReason =
   | 'partial_body'
   | 'body_mode_unknown'
   | 'body_not_sent'
+  /** The rewrite needs the whole body (path from `model`, compressed body) but Envoy streams it. */
+  | 'needs_buffered_body'
+  /** Over `limits.maxBodyBytes` or the global budget, with `limits.overLimit: forward`. */
+  | 'too_large'
   /** The call ended (Envoy's close, a disconnect, an error) before the request was decided. */
   | 'call_ended';
 
+export type RejectReason = Rejection['reason'];
+
 export interface RewriteReport {
   route: ImageRoute;
-  bodyKind: 'json' | 'multipart';
-  mode: BodySendMode | 'unknown';
+  bodyKind: 'json' | 'multipart' | 'none';
+  mode: BodySendMode | 'unknown' | 'headers';
   bytesIn: number;
   bytesOut: number;
-  removed: string[];
+  /** Body fields removed or replaced, and header-time actions (`alias`, `api_version`, `credentials`, `path`). */
+  changes: string[];
 }
 
 /** What the call did, reported once per call (for the log line and metrics). */
 export type CallResult =
   | { kind: 'rewritten'; report: RewriteReport }
+  | { kind: 'rejected'; reason: RejectReason; route: ImageRoute }
   | { kind: 'passed'; reason: PassReason; route?: ImageRoute; detail?: string };
 
 export class ProtocolError extends Error {}
@@ -81,31 +95,41 @@ export class HeaderView {
   }
 }
 
-const REMOVE_MODEL: FieldRules = new Map([['model', () => 'remove' as const]]);
-
 /** How the request body of a candidate reaches us. */
 type BodyPlan =
   | { mode: 'BUFFERED' | 'BUFFERED_PARTIAL' | 'unknown'; seenBody: boolean }
   | { mode: 'STREAMED' | 'FULL_DUPLEX_STREAMED'; editor: StreamEditor };
 
 interface Candidate {
-  route: ImageRoute;
+  plan: RequestPlan;
   bodyKind: 'json' | 'multipart';
   boundary?: string;
-  rules: FieldRules;
+  encoding: Encoding;
   hadContentLength: boolean;
-  plan?: BodyPlan;
+  body?: BodyPlan;
   bytesIn: number;
   bytesOut: number;
+}
+
+export interface CallContext {
+  /** Global budget of held body bytes (absent: unbounded, e.g. in `explain`). */
+  budget?: MemoryBudget;
+  /** The API key from `credentials.apiKeyFile`, read at call time. */
+  apiKey?: () => string | undefined;
 }
 
 export class CallProcessor {
   private protocol: ProtocolConfiguration | undefined;
   private candidate: Candidate | undefined;
+  private plan: RequestPlan | undefined;
   private headersSeen = false;
   private resultValue: CallResult | undefined;
+  private reservedBytes = 0;
 
-  constructor(private readonly config: Config) {}
+  constructor(
+    private readonly config: Config,
+    private readonly context: CallContext = {},
+  ) {}
 
   /** The call's outcome, once known (undefined while undecided). */
   get result(): CallResult | undefined {
@@ -116,8 +140,21 @@ export class CallProcessor {
   finalResult(): CallResult {
     if (this.resultValue) return this.resultValue;
     const candidate = this.candidate;
-    if (candidate && candidate.bytesIn === 0) return { kind: 'passed', reason: 'body_not_sent', route: candidate.route };
-    return { kind: 'passed', reason: 'call_ended', ...(candidate ? { route: candidate.route } : {}) };
+    const route = this.plan?.route;
+    if (candidate && candidate.bytesIn === 0) return { kind: 'passed', reason: 'body_not_sent', route: candidate.plan.route };
+    return { kind: 'passed', reason: 'call_ended', ...(route ? { route } : {}) };
+  }
+
+  /** Bytes the editors currently hold for this call (memory accounting). */
+  get heldBytes(): number {
+    const body = this.candidate?.body;
+    return body && 'editor' in body ? body.editor.heldBytes : 0;
+  }
+
+  /** Releases what the call reserved from the global budget; the server calls it when the call ends. */
+  close(): void {
+    this.context.budget?.release(this.reservedBytes);
+    this.reservedBytes = 0;
   }
 
   handle(message: ProcessingRequest): ProcessingResponse[] {
@@ -144,88 +181,115 @@ export class CallProcessor {
     }
   }
 
-  private pass(reason: PassReason, route?: ImageRoute, detail?: string): void {
-    this.resultValue ??= { kind: 'passed', reason, ...(route ? { route } : {}), ...(detail ? { detail } : {}) };
-  }
+  // ---------------------------------------------------------------------------------------------
+  // Request headers: choose what to do with this request.
 
   private onRequestHeaders(message: HttpHeaders): ProcessingResponse {
     if (this.headersSeen) throw new ProtocolError('request_headers received twice');
     this.headersSeen = true;
     const headers = new HeaderView(message.headers);
-    const route = matchImageRoute(headers.get(':path') ?? '');
-    const refusal = this.refuse(route, headers, message.end_of_stream);
-    if (refusal || !route) {
-      this.pass(refusal ?? 'not_image_route', route);
-      return headersResponse('request', undefined, { modeOverride: this.skipBodyOverride() });
+    const route = routeFor(headers.get(':path') ?? '', this.config.rewrite);
+    if (!route || !isHandled(route, this.config)) {
+      this.pass(route ? 'not_rewritten_route' : 'not_image_route', route);
+      return this.headersAnswer(undefined, this.skipBodyOverride());
+    }
+
+    const plan = planRequest(this.config, { route, authorization: headers.get('authorization'), apiKey: this.context.apiKey ?? (() => undefined) });
+    if (isRejection(plan)) return this.reject(plan, route);
+    this.plan = plan;
+    const headerChanges = plan.headers;
+    const pathChanged = headerChanges.set?.some(([key]) => key === ':path') ?? false;
+
+    const refusal = this.refuseBody(plan, headers, message.end_of_stream);
+    if (refusal) {
+      if (pathChanged || plan.actions.length > 0) this.rewrittenAtHeaders(plan);
+      else this.pass(refusal, route);
+      return this.headersAnswer({ headers: headerChanges, clearRouteCache: pathChanged }, this.skipBodyOverride());
     }
 
     const body = classifyBody(headers.get('content-type'));
-    const bodyKind = body.kind === 'multipart' ? 'multipart' : 'json';
-    const contentLength = Number(headers.get('content-length'));
     this.candidate = {
-      route,
-      bodyKind,
+      plan,
+      bodyKind: body.kind === 'multipart' ? 'multipart' : 'json',
       ...(body.kind === 'multipart' ? { boundary: body.boundary } : {}),
-      rules: REMOVE_MODEL,
+      encoding: parseEncoding(headers.get('content-encoding'))!,
       hadContentLength: headers.has('content-length'),
       bytesIn: 0,
       bytesOut: 0,
     };
-    return this.requestBody(Number.isFinite(contentLength) && headers.has('content-length') ? contentLength : undefined);
+    const declared = headers.has('content-length') ? Number(headers.get('content-length')) : undefined;
+    return this.requestBody(Number.isFinite(declared) ? declared : undefined, headerChanges, pathChanged);
   }
 
-  /** Why a request is not a candidate for editing, or undefined when it is. */
-  private refuse(route: ImageRoute | undefined, headers: HeaderView, endOfStream: boolean): PassReason | undefined {
-    if (!route) return 'not_image_route';
-    if (route.kind !== 'deployment') return 'not_rewritten_route';
+  /** Why the body of a handled request is not edited, or undefined when it is. */
+  private refuseBody(plan: RequestPlan, headers: HeaderView, endOfStream: boolean): PassReason | undefined {
     if (headers.get(':method')?.toUpperCase() !== 'POST') return 'method';
     // No body => Envoy never sends a body message, whatever the mode (§3.1, P7).
     if (endOfStream) return 'no_body';
+    if (plan.rules.size === 0) return 'no_model';
     if (classifyBody(headers.get('content-type')).kind === 'other') return 'content_type';
-    const encoding = headers.get('content-encoding')?.trim().toLowerCase();
-    if (encoding && encoding !== 'identity') return 'content_encoding';
+    if (parseEncoding(headers.get('content-encoding')) === undefined) return 'content_encoding';
     return undefined;
   }
 
   /**
    * Decides how the body of a candidate reaches us. With the recommended Envoy set-up (body NONE,
-   * allow_mode_override) we ask for it: BUFFERED when small, STREAMED when large or of unknown size.
-   * When Envoy already sends bodies, its mode is kept.
+   * allow_mode_override) we ask for it: BUFFERED when small or when the edit needs the whole body,
+   * STREAMED when large or of unknown size. When Envoy already sends bodies, its mode is kept.
    */
-  private requestBody(contentLength: number | undefined): ProcessingResponse {
+  private requestBody(declared: number | undefined, headerChanges: HeaderChanges, pathChanged: boolean): ProcessingResponse {
     const candidate = this.candidate!;
+    const route = candidate.plan.route;
+    const common = { headers: headerChanges, clearRouteCache: pathChanged };
+    const limits = this.config.limits;
+    const needsWhole = this.needsWholeBody(candidate);
+
+    if (declared !== undefined && declared > limits.maxBodyBytes) return this.overLimit(route, common);
+
     const configured = this.protocol?.request_body_mode;
     if (configured === undefined) {
       // Envoy < 1.34 sends no protocol_config: its mode is unknown, and mode_override semantics differ.
-      candidate.plan = { mode: 'unknown', seenBody: false };
-      return headersResponse('request');
+      candidate.body = { mode: 'unknown', seenBody: false };
+      return this.headersAnswer(common);
     }
     if (configured !== 'NONE') {
-      candidate.plan = this.planFor(configured);
-      return headersResponse('request');
+      if (needsWhole && configured !== 'BUFFERED') return this.giveUp('needs_buffered_body', route, common);
+      candidate.body = this.bodyPlanFor(configured);
+      return this.headersAnswer(common);
     }
     if (!this.overridable()) {
-      this.pass('body_not_sent', candidate.route);
-      return headersResponse('request');
+      this.pass('body_not_sent', route);
+      return this.headersAnswer(common);
     }
-    const mode: BodySendMode =
-      contentLength !== undefined && contentLength <= this.config.streamThresholdBytes ? 'BUFFERED' : 'STREAMED';
-    candidate.plan = this.planFor(mode);
+
+    let mode: BodySendMode = declared !== undefined && declared <= this.config.streamThresholdBytes ? 'BUFFERED' : 'STREAMED';
+    if (needsWhole) mode = 'BUFFERED';
+    // A whole body is held in memory: reserve it from the global budget first (STYLE lesson 6).
+    if (mode === 'BUFFERED' && declared !== undefined && !this.reserve(declared)) {
+      if (needsWhole) return this.overLimit(route, common);
+      mode = 'STREAMED';
+    }
+    candidate.body = this.bodyPlanFor(mode);
     // Overriding NONE -> STREAMED leaves the original content-length in place (the removal decision ran
-    // before our answer) yet blocks setting it later, so it must go now if the length may change (§3.9, P5).
-    const headers: HeaderChanges | undefined = mode === 'STREAMED' && candidate.hadContentLength ? { remove: ['content-length'] } : undefined;
-    return headersResponse('request', headers ? { headers } : undefined, {
-      modeOverride: requestBodyModeOverride(mode, this.protocol!.response_body_mode),
-    });
+    // before our answer) yet blocks setting it later, so it must go now as the length may change (§3.9, P5).
+    const headers: HeaderChanges =
+      mode === 'STREAMED' && candidate.hadContentLength
+        ? { set: headerChanges.set ?? [], remove: [...(headerChanges.remove ?? []), 'content-length'] }
+        : headerChanges;
+    return this.headersAnswer({ headers, clearRouteCache: pathChanged }, requestBodyModeOverride(mode, this.protocol!.response_body_mode));
   }
 
-  private planFor(mode: BodySendMode): BodyPlan {
+  /** Edits that need the complete body: a path taken from `model`, a compressed body, unwrapping extra_body. */
+  private needsWholeBody(candidate: Candidate): boolean {
+    const { plan } = candidate;
+    return plan.pathFromModel || candidate.encoding !== 'identity' || (plan.unwrapExtraBody && candidate.bodyKind === 'json');
+  }
+
+  private bodyPlanFor(mode: BodySendMode): BodyPlan {
     const candidate = this.candidate!;
     if (mode === 'STREAMED' || mode === 'FULL_DUPLEX_STREAMED') {
-      const editor =
-        candidate.bodyKind === 'json'
-          ? createJsonEditor(candidate.rules)
-          : createMultipartEditor(candidate.boundary!, candidate.rules);
+      const { rules } = candidate.plan;
+      const editor = candidate.bodyKind === 'json' ? createJsonEditor(rules) : createMultipartEditor(candidate.boundary!, rules);
       return { mode, editor };
     }
     return { mode: mode === 'BUFFERED_PARTIAL' ? 'BUFFERED_PARTIAL' : 'BUFFERED', seenBody: false };
@@ -245,83 +309,120 @@ export class CallProcessor {
     return requestBodyModeOverride('NONE', this.protocol!.response_body_mode);
   }
 
+  private reserve(bytes: number): boolean {
+    if (!this.context.budget) return true;
+    if (!this.context.budget.tryReserve(bytes)) return false;
+    this.reservedBytes += bytes;
+    return true;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Request body.
+
   private onRequestBody(message: HttpBody): ProcessingResponse[] {
     const candidate = this.candidate;
-    const plan = candidate?.plan;
-    if (!candidate || !plan) return this.passBody('request', message);
+    const body = candidate?.body;
+    if (!candidate || !body) return this.passBody('request', message);
     candidate.bytesIn += message.body.length;
 
-    if ('editor' in plan) return this.streamChunk(candidate, plan, message);
+    if ('editor' in body) return this.streamChunk(candidate, body, message);
 
-    if (plan.seenBody) {
+    if (body.seenBody) {
       // BUFFERED and BUFFERED_PARTIAL send one body message; anything after it flows unprocessed.
       candidate.bytesOut += message.body.length;
       return [bodyResponse('request')];
     }
-    plan.seenBody = true;
+    body.seenBody = true;
     // A BUFFERED body with end_of_stream false is still whole (trailers follow, §3.3); a partial or
     // unknown-mode body without end_of_stream may be cut anywhere, so it is not edited.
-    if (!message.end_of_stream && plan.mode !== 'BUFFERED') {
-      candidate.bytesOut += message.body.length;
-      this.pass(plan.mode === 'BUFFERED_PARTIAL' ? 'partial_body' : 'body_mode_unknown', candidate.route);
-      return [bodyResponse('request')];
+    if (!message.end_of_stream && body.mode !== 'BUFFERED') {
+      return this.leaveBody(candidate, message, body.mode === 'BUFFERED_PARTIAL' ? 'partial_body' : 'body_mode_unknown');
     }
+    if (message.body.length > this.config.limits.maxBodyBytes) {
+      candidate.bytesOut += message.body.length;
+      const rejection = this.overLimitRejection();
+      if (rejection) return [this.reject(rejection, candidate.plan.route)];
+      this.pass('too_large', candidate.plan.route);
+      return [bodyResponse('request', undefined, this.metadata())];
+    }
+    // A body of unannounced size was not reserved at headers time: it is in memory now, so account for it.
+    if (this.reservedBytes === 0 && !this.reserve(message.body.length)) {
+      const rejection = this.overLimitRejection();
+      if (rejection) return [this.reject(rejection, candidate.plan.route)];
+      return this.leaveBody(candidate, message, 'too_large');
+    }
+    // The editors work on decoded bytes; a compressed body is only edited when Envoy will apply the
+    // header changes of a BUFFERED answer (content-encoding removed with it).
+    if (candidate.encoding !== 'identity' && body.mode !== 'BUFFERED') return this.leaveBody(candidate, message, 'content_encoding');
     return [this.editWhole(candidate, message.body)];
   }
 
-  private editWhole(candidate: Candidate, body: Buffer): ProcessingResponse {
-    const outcome: EditOutcome =
-      candidate.bodyKind === 'json' ? editJson(body, candidate.rules) : editMultipart(body, candidate.boundary!, candidate.rules);
-    if (outcome.kind !== 'edited') {
-      candidate.bytesOut += body.length;
-      this.pass(outcome.kind === 'invalid' ? 'invalid_body' : 'no_model', candidate.route, outcome.kind === 'invalid' ? outcome.reason : undefined);
-      return bodyResponse('request');
+  private leaveBody(candidate: Candidate, message: HttpBody, reason: PassReason): ProcessingResponse[] {
+    candidate.bytesOut += message.body.length;
+    this.pass(reason, candidate.plan.route);
+    return [bodyResponse('request', undefined, this.metadata())];
+  }
+
+  private editWhole(candidate: Candidate, original: Buffer): ProcessingResponse {
+    const { plan } = candidate;
+    let body = original;
+    if (candidate.encoding !== 'identity') {
+      const inflated = decompress(original, candidate.encoding, this.config.limits.maxDecompressedBytes);
+      if (!inflated) {
+        candidate.bytesOut += original.length;
+        this.pass('content_encoding', plan.route, 'cannot decompress within limits');
+        return bodyResponse('request', undefined, this.metadata());
+      }
+      body = inflated;
     }
-    candidate.bytesOut += outcome.body.length;
-    this.rewritten(candidate, outcome.touched.map((field) => field.name));
-    const headers = contentLengthFor(outcome.body, candidate.hadContentLength);
-    return bodyResponse('request', { body: outcome.body, ...(headers ? { headers } : {}) });
+    const outcome: EditOutcome =
+      candidate.bodyKind === 'json' ? editJson(body, plan.rules) : editMultipart(body, candidate.boundary!, plan.rules);
+    if (outcome.kind !== 'edited') {
+      candidate.bytesOut += original.length;
+      const invalid = outcome.kind === 'invalid';
+      // A rewrite that needed `model` from the body cannot happen without one: Azure's answer stays as it was.
+      this.pass(invalid ? 'invalid_body' : 'no_model', plan.route, invalid ? outcome.reason : undefined);
+      return bodyResponse('request', plan.headers.set?.length ? undefined : undefined, this.metadata());
+    }
+
+    const path = pathFromBody(plan, this.config, outcome.touched);
+    if (path !== undefined && typeof path !== 'string') return this.reject(path, plan.route);
+    const edited = plan.unwrapExtraBody && candidate.bodyKind === 'json' ? unwrapExtraBody(outcome.body, outcome.touched) : outcome.body;
+    candidate.bytesOut += edited.length;
+
+    const set: Array<readonly [string, string]> = [];
+    const remove: string[] = [];
+    if (path !== undefined) set.push([':path', path]);
+    // Sent decompressed: the coding header goes, and content-length follows the new body (§3.9).
+    if (candidate.encoding !== 'identity') remove.push('content-encoding');
+    set.push(...(contentLengthFor(edited, candidate.hadContentLength)?.set ?? []));
+    this.rewritten(candidate, outcome.touched, path !== undefined ? ['path'] : []);
+    return bodyResponse('request', { body: edited, headers: { set, remove }, clearRouteCache: path !== undefined }, this.metadata());
   }
 
   private streamChunk(
     candidate: Candidate,
-    plan: Extract<BodyPlan, { editor: StreamEditor }>,
+    body: Extract<BodyPlan, { editor: StreamEditor }>,
     message: HttpBody,
   ): ProcessingResponse[] {
-    const { editor } = plan;
+    const { editor } = body;
     let released = editor.push(message.body);
     if (message.end_of_stream) released = Buffer.concat([released, editor.end()]);
     candidate.bytesOut += released.length;
-    if (message.end_of_stream) this.finishStream(candidate, editor);
+    if (message.end_of_stream) {
+      if (editor.outcome === 'edited') this.rewritten(candidate, editor.touched, []);
+      else this.pass(editor.outcome === 'invalid' ? 'invalid_body' : 'no_model', candidate.plan.route);
+    }
+    const metadata = message.end_of_stream ? this.metadata() : {};
 
-    if (plan.mode === 'FULL_DUPLEX_STREAMED') {
+    if (body.mode === 'FULL_DUPLEX_STREAMED') {
       // Answers carry released bytes; nothing to release yet means no answer yet (§3.6: M chunks -> N answers).
       if (released.length === 0 && !message.end_of_stream) return [];
-      return [streamedBodyResponse('request', released, message.end_of_stream)];
+      return [{ ...streamedBodyResponse('request', released, message.end_of_stream), ...(metadata.dynamicMetadata ? { dynamic_metadata: metadata.dynamicMetadata } : {}) }];
     }
     // STREAMED: one answer per chunk; an unchanged chunk gets a bare CONTINUE (lesson 5).
-    if (released.equals(message.body)) return [bodyResponse('request')];
-    return [bodyResponse('request', { body: released })];
-  }
-
-  private finishStream(candidate: Candidate, editor: StreamEditor): void {
-    if (editor.outcome === 'edited') this.rewritten(candidate, editor.touched.map((field) => field.name));
-    else this.pass(editor.outcome === 'invalid' ? 'invalid_body' : 'no_model', candidate.route);
-  }
-
-  private rewritten(candidate: Candidate, removed: string[]): void {
-    const plan = candidate.plan!;
-    this.resultValue = {
-      kind: 'rewritten',
-      report: {
-        route: candidate.route,
-        bodyKind: candidate.bodyKind,
-        mode: plan.mode,
-        bytesIn: candidate.bytesIn,
-        bytesOut: candidate.bytesOut,
-        removed,
-      },
-    };
+    if (released.equals(message.body)) return [bodyResponse('request', undefined, metadata)];
+    return [bodyResponse('request', { body: released }, metadata)];
   }
 
   /** A body we do not edit. FULL_DUPLEX_STREAMED drains the original, so it must be echoed back (§3.6). */
@@ -331,9 +432,89 @@ export class CallProcessor {
     return [bodyResponse(direction)];
   }
 
-  /** Bytes the editors currently hold for this call (memory accounting). */
-  get heldBytes(): number {
-    const plan = this.candidate?.plan;
-    return plan && 'editor' in plan ? plan.editor.heldBytes : 0;
+  // ---------------------------------------------------------------------------------------------
+  // Outcomes.
+
+  private headersAnswer(changes?: { headers?: HeaderChanges; clearRouteCache?: boolean }, modeOverride?: ProcessingMode): ProcessingResponse {
+    return headersResponse('request', changes, {
+      ...(modeOverride ? { modeOverride } : {}),
+      ...(this.resultValue ? this.metadata() : {}),
+    });
+  }
+
+  private overLimitRejection(): Rejection | undefined {
+    if (this.config.limits.overLimit !== 'reject') return undefined;
+    return {
+      status: 413,
+      message: `The request body exceeds the ${this.config.limits.maxBodyBytes} bytes this gateway edits, or the gateway is out of memory budget.`,
+      type: 'invalid_request_error',
+      code: 'request_too_large',
+      reason: 'body_too_large',
+    };
+  }
+
+  private overLimit(route: ImageRoute, common: { headers?: HeaderChanges; clearRouteCache?: boolean }): ProcessingResponse {
+    const rejection = this.overLimitRejection();
+    if (rejection) return this.reject(rejection, route);
+    return this.giveUp('too_large', route, common);
+  }
+
+  /** Forward the body unchanged; header-time changes (credentials, api-version) still apply. */
+  private giveUp(reason: PassReason, route: ImageRoute, common: { headers?: HeaderChanges; clearRouteCache?: boolean }): ProcessingResponse {
+    this.candidate = undefined;
+    this.pass(reason, route);
+    return this.headersAnswer(common, this.skipBodyOverride());
+  }
+
+  private reject(rejection: Rejection, route: ImageRoute): ProcessingResponse {
+    this.resultValue = { kind: 'rejected', reason: rejection.reason, route };
+    const { status, reason, ...error } = rejection;
+    const response = azureErrorResponse(status, error, `azure_image_extproc_${reason}`);
+    const { dynamicMetadata } = this.metadata();
+    return dynamicMetadata ? { ...response, dynamic_metadata: dynamicMetadata } : response;
+  }
+
+  private pass(reason: PassReason, route?: ImageRoute, detail?: string): void {
+    this.resultValue ??= { kind: 'passed', reason, ...(route ? { route } : {}), ...(detail ? { detail } : {}) };
+  }
+
+  private rewrittenAtHeaders(plan: RequestPlan): void {
+    this.resultValue = {
+      kind: 'rewritten',
+      report: { route: plan.route, bodyKind: 'none', mode: 'headers', bytesIn: 0, bytesOut: 0, changes: [...plan.actions] },
+    };
+  }
+
+  private rewritten(candidate: Candidate, touched: readonly TouchedField[], extra: string[]): void {
+    this.resultValue = {
+      kind: 'rewritten',
+      report: {
+        route: candidate.plan.route,
+        bodyKind: candidate.bodyKind,
+        mode: candidate.body?.mode ?? 'unknown',
+        bytesIn: candidate.bytesIn,
+        bytesOut: candidate.bytesOut,
+        changes: [...candidate.plan.actions, ...touched.map((field) => field.name), ...extra],
+      },
+    };
+  }
+
+  /** Dynamic metadata describing the decision, for Envoy access logs (only when a namespace is configured). */
+  private metadata(): { dynamicMetadata?: StructValue } {
+    const namespace = this.config.metadataNamespace;
+    const result = this.resultValue;
+    if (!namespace || !result) return {};
+    const route = result.kind === 'rewritten' ? result.report.route : result.route;
+    const fields: Record<string, string | number> = { action: result.kind };
+    if (route) fields.route = route.kind;
+    if (route?.kind === 'deployment') fields.deployment = route.deployment;
+    if (result.kind === 'rewritten') {
+      fields.changes = result.report.changes.join(',');
+      fields.bytes_before = result.report.bytesIn;
+      fields.bytes_after = result.report.bytesOut;
+    } else {
+      fields.reason = result.reason;
+    }
+    return { dynamicMetadata: metadataStruct(namespace, fields) };
   }
 }

@@ -17,7 +17,7 @@ const rewrittenResult: CallResult = {
     mode: 'STREAMED',
     bytesIn: 1_000,
     bytesOut: 870,
-    removed: ['model'],
+    changes: ['model'],
   },
 };
 
@@ -88,7 +88,9 @@ describe('createMetrics (observer -> series)', () => {
     const metrics = createMetrics();
     let held = 4_096;
     metrics.watch({ heldBytes: () => held });
-    metrics.rejected('body_too_large');
+    const route = { kind: 'deployment', deployment: 'd', operation: 'edits', prefix: '', query: '', pathname: '/' } as const;
+    metrics.observer.callStarted?.();
+    metrics.observer.callFinished?.({ kind: 'rejected', reason: 'body_too_large', route }, 1, 'completed');
     metrics.configReloaded(true);
     metrics.configReloaded(false);
     metrics.configReloaded(false);
