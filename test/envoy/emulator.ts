@@ -8,8 +8,9 @@
 //   envoy.close();
 //
 // Layout: config.ts (filter fields, versions, mode_override rules), headers.ts (header map, mutation
-// rules), filter.ts (the ext_proc filter, ported from Envoy), http-stream.ts (one HTTP request around
-// the filter), grpc-stream.ts (connections and Envoy's stream close).
+// rules), filter.ts + processor-state.ts (the ext_proc filter, ported from Envoy's ext_proc.cc and
+// processor_state.cc), http-stream.ts (one HTTP request around the filter), grpc-stream.ts
+// (connections and Envoy's stream close), data-path.ts (a real HTTP front), fixtures.ts (test helpers).
 import type { EmulatorOptions, FilterConfig } from './config.js';
 import { resolveConfig } from './config.js';
 import { ConnectionPool } from './grpc-stream.js';
