@@ -95,10 +95,21 @@ export class HeaderView {
   }
 }
 
+/**
+ * While a streamed body is no larger than this window, nothing is released until the whole body is known
+ * to be well-formed, so a malformed body is forwarded byte-for-byte even in STREAMED mode. Past it, bytes
+ * flow with bounded memory and only the editor's own hold-back.
+ */
+interface VerifyWindow {
+  input: Buffer[];
+  output: Buffer[];
+  bytes: number;
+}
+
 /** How the request body of a candidate reaches us. */
 type BodyPlan =
   | { mode: 'BUFFERED' | 'BUFFERED_PARTIAL' | 'unknown'; seenBody: boolean }
-  | { mode: 'STREAMED' | 'FULL_DUPLEX_STREAMED'; editor: StreamEditor };
+  | { mode: 'STREAMED' | 'FULL_DUPLEX_STREAMED'; editor: StreamEditor; window?: VerifyWindow };
 
 interface Candidate {
   plan: RequestPlan;
@@ -125,6 +136,7 @@ export class CallProcessor {
   private headersSeen = false;
   private resultValue: CallResult | undefined;
   private reservedBytes = 0;
+  private declaredLength: number | undefined;
 
   constructor(
     private readonly config: Config,
@@ -145,7 +157,7 @@ export class CallProcessor {
     return { kind: 'passed', reason: 'call_ended', ...(route ? { route } : {}) };
   }
 
-  /** Bytes the editors currently hold for this call (memory accounting). */
+  /** Bytes the editors hold back for this call beyond what it reserved from the budget. */
   get heldBytes(): number {
     const body = this.candidate?.body;
     return body && 'editor' in body ? body.editor.heldBytes : 0;
@@ -218,7 +230,8 @@ export class CallProcessor {
       bytesOut: 0,
     };
     const declared = headers.has('content-length') ? Number(headers.get('content-length')) : undefined;
-    return this.requestBody(Number.isFinite(declared) ? declared : undefined, headerChanges, pathChanged);
+    this.declaredLength = Number.isFinite(declared) ? declared : undefined;
+    return this.requestBody(this.declaredLength, headerChanges, pathChanged);
   }
 
   /** Why the body of a handled request is not edited, or undefined when it is. */
@@ -290,7 +303,9 @@ export class CallProcessor {
     if (mode === 'STREAMED' || mode === 'FULL_DUPLEX_STREAMED') {
       const { rules } = candidate.plan;
       const editor = candidate.bodyKind === 'json' ? createJsonEditor(rules) : createMultipartEditor(candidate.boundary!, rules);
-      return { mode, editor };
+      // A body announced larger than the window would only be held to be released anyway.
+      const fitsWindow = this.declaredLength === undefined || this.declaredLength <= this.config.streamThresholdBytes;
+      return { mode, editor, ...(fitsWindow ? { window: { input: [], output: [], bytes: 0 } } : {}) };
     }
     return { mode: mode === 'BUFFERED_PARTIAL' ? 'BUFFERED_PARTIAL' : 'BUFFERED', seenBody: false };
   }
@@ -314,6 +329,12 @@ export class CallProcessor {
     if (!this.context.budget.tryReserve(bytes)) return false;
     this.reservedBytes += bytes;
     return true;
+  }
+
+  private release(bytes: number): void {
+    const released = Math.min(bytes, this.reservedBytes);
+    this.context.budget?.release(released);
+    this.reservedBytes -= released;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -408,6 +429,14 @@ export class CallProcessor {
     const { editor } = body;
     let released = editor.push(message.body);
     if (message.end_of_stream) released = Buffer.concat([released, editor.end()]);
+    if (body.window) {
+      const verified = this.throughWindow(body, message, released);
+      if (verified === undefined) {
+        // Held for verification: STREAMED answers the chunk with no bytes, FULL_DUPLEX does not answer yet.
+        return body.mode === 'FULL_DUPLEX_STREAMED' ? [] : [bodyResponse('request', { body: Buffer.alloc(0) })];
+      }
+      released = verified;
+    }
     candidate.bytesOut += released.length;
     if (message.end_of_stream) {
       if (editor.outcome === 'edited') this.rewritten(candidate, editor.touched, []);
@@ -423,6 +452,28 @@ export class CallProcessor {
     // STREAMED: one answer per chunk; an unchanged chunk gets a bare CONTINUE (lesson 5).
     if (released.equals(message.body)) return [bodyResponse('request', undefined, metadata)];
     return [bodyResponse('request', { body: released }, metadata)];
+  }
+
+  /**
+   * Keeps input and edited output while the body fits the verification window. Returns the bytes to
+   * release now, or undefined while still holding: at the end, the edited body if it proved well-formed,
+   * else the original bytes; past the window (or the memory budget), everything held so far.
+   */
+  private throughWindow(body: Extract<BodyPlan, { editor: StreamEditor }>, message: HttpBody, released: Buffer): Buffer | undefined {
+    const window = body.window!;
+    const added = message.body.length + released.length;
+    window.input.push(message.body);
+    window.output.push(released);
+    window.bytes += added;
+    const fits = window.bytes <= 2 * this.config.streamThresholdBytes && this.reserve(added);
+    if (message.end_of_stream || !fits) {
+      body.window = undefined;
+      if (fits) this.release(window.bytes);
+      else this.release(window.bytes - added);
+      const invalid = message.end_of_stream && body.editor.outcome === 'invalid';
+      return Buffer.concat(invalid ? window.input : window.output);
+    }
+    return undefined;
   }
 
   /** A body we do not edit. FULL_DUPLEX_STREAMED drains the original, so it must be echoed back (§3.6). */
