@@ -1,0 +1,128 @@
+// What the JSON and multipart editors share: the push/end protocol, the hold limit, the way an
+// invalid body degrades to pass-through, and the whole-body entry point built on the incremental
+// one (so both modes give the same bytes by construction).
+import { EMPTY } from './bytes.js';
+import { Sink } from './sink.js';
+import type { EditOutcome, MemberAction, StreamEditor, TouchedField } from './types.js';
+
+export const DEFAULT_MAX_HELD_BYTES = 1024 * 1024;
+
+export interface StreamEditorOptions {
+  /** A held member/part larger than this stops editing (outcome `invalid`). Default 1 MiB. */
+  maxHeldBytes?: number;
+}
+
+export abstract class ByteEditor implements StreamEditor {
+  readonly touched: TouchedField[] = [];
+  /** Why the outcome is `invalid` (empty otherwise). */
+  reason = '';
+  protected readonly sink = new Sink();
+  protected failed = false;
+  protected changed = false;
+  /** Body offset of the chunk being scanned, for error messages. */
+  protected offset = 0;
+  private ended = false;
+  private readonly maxHeldBytes: number;
+
+  constructor(options: StreamEditorOptions | undefined) {
+    this.maxHeldBytes = options?.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES;
+  }
+
+  get outcome(): 'unchanged' | 'edited' | 'invalid' {
+    return this.failed ? 'invalid' : this.changed ? 'edited' : 'unchanged';
+  }
+
+  get heldBytes(): number {
+    return this.sink.heldBytes;
+  }
+
+  push(chunk: Buffer): Buffer {
+    this.take(chunk, true);
+    return join(this.sink.release());
+  }
+
+  end(): Buffer {
+    this.finishBody();
+    return join(this.sink.release());
+  }
+
+  /** Edits a whole body in one pass; returns the edited bytes, or null when the outcome is not `edited`. */
+  editAll(body: Buffer): Buffer | null {
+    this.take(body, false);
+    const pieces = this.sink.release();
+    this.finishBody();
+    if (this.outcome !== 'edited') return null;
+    return join([...pieces, ...this.sink.release()]);
+  }
+
+  /** Scans a chunk; `copyHeld`: copy held bytes out of it, as a streaming caller may reuse its buffer. */
+  private take(chunk: Buffer, copyHeld: boolean): void {
+    if (this.ended) throw new Error('push() after end()');
+    this.sink.begin(chunk);
+    if (!this.failed) this.scan(chunk);
+    this.sink.settle(copyHeld);
+    if (!this.failed) this.checkHeld(this.sink.heldBytes);
+    this.offset += chunk.length;
+  }
+
+  private finishBody(): void {
+    if (this.ended) throw new Error('end() called twice');
+    this.ended = true;
+    this.sink.begin(EMPTY);
+    if (!this.failed) this.finish();
+    this.sink.settle(false);
+  }
+
+  /**
+   * Fails when `size` held bytes are over the limit. Checked when a push ends and again when a
+   * matched member/part is complete, so a member too large fails however the body was cut.
+   */
+  protected checkHeld(size: number): boolean {
+    if (size <= this.maxHeldBytes) return true;
+    this.fail(`held member exceeds ${this.maxHeldBytes} bytes`);
+    return false;
+  }
+
+  /** Stops editing for good: what is held is released verbatim and the rest passes through. */
+  protected fail(reason: string): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.reason = reason;
+    this.sink.abandon();
+  }
+
+  /** Scans one chunk, steering its bytes through the sink; calls fail() on malformed input. */
+  protected abstract scan(chunk: Buffer): void;
+
+  /** At end of body: fail() unless the body was complete. */
+  protected abstract finish(): void;
+}
+
+/** Pushes `chunks` through `editor`, ends it, and returns everything it released. */
+export function editInChunks(editor: StreamEditor, chunks: Iterable<Buffer>): Buffer {
+  const released: Buffer[] = [];
+  for (const chunk of chunks) released.push(editor.push(chunk));
+  released.push(editor.end());
+  return join(released);
+}
+
+/** Runs an incremental editor over a whole body. */
+export function editWhole(editor: ByteEditor, body: Buffer): EditOutcome {
+  const edited = editor.editAll(body);
+  if (edited !== null) return { kind: 'edited', body: edited, touched: [...editor.touched] };
+  return editor.outcome === 'invalid' ? { kind: 'invalid', reason: editor.reason } : { kind: 'unchanged' };
+}
+
+/** One buffer of `pieces`, copying only when there is more than one. */
+function join(pieces: Buffer[]): Buffer {
+  if (pieces.length === 0) return EMPTY;
+  return pieces.length === 1 ? pieces[0] : Buffer.concat(pieces);
+}
+
+/** The change an action makes to `value`: 'remove', the replacement bytes, or null for none (a
+ * replacement identical to the original changes nothing, so the body stays `unchanged`). */
+export function effectiveAction(action: MemberAction, value: Buffer): 'remove' | Buffer | null {
+  if (action === 'keep') return null;
+  if (action === 'remove') return 'remove';
+  return action.replace.equals(value) ? null : action.replace;
+}

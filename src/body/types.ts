@@ -1,0 +1,31 @@
+export type MemberAction = 'keep' | 'remove' | { replace: Buffer }; // replace = new raw bytes for the value
+
+/** Decides what to do with a top-level JSON member / multipart part, given its raw value bytes. */
+export type FieldRule = (rawValue: Buffer) => MemberAction;
+
+/** Keyed by the DECODED JSON key (so "mo\u0064el" is "model") or the multipart part name. */
+export type FieldRules = ReadonlyMap<string, FieldRule>;
+
+export interface TouchedField {
+  name: string;
+  action: 'remove' | 'replace';
+  /** Original raw value bytes; may share memory with the input buffers. */
+  value: Buffer;
+}
+
+export type EditOutcome =
+  | { kind: 'unchanged' } // well-formed, no rule changed anything: caller sends NO mutation
+  | { kind: 'edited'; body: Buffer; touched: TouchedField[] }
+  | { kind: 'invalid'; reason: string }; // not what it claims: caller forwards the original bytes unchanged
+
+/** Incremental editor: feed chunks split at ANY byte position. */
+export interface StreamEditor {
+  /** Bytes released now (possibly empty); everything not possibly part of a rule-matched member/part is released at once. */
+  push(chunk: Buffer): Buffer;
+  /** Flush at end of body; afterwards outcome is final. */
+  end(): Buffer;
+  readonly outcome: 'unchanged' | 'edited' | 'invalid';
+  readonly touched: readonly TouchedField[];
+  /** Bytes currently held back (for memory accounting). */
+  readonly heldBytes: number;
+}
