@@ -1,0 +1,5 @@
+export type { EditOutcome, FieldRule, FieldRules, MemberAction, StreamEditor, TouchedField } from './types.js';
+export { editJson, createJsonEditor } from './json.js';
+export { parseBoundary, editMultipart, createMultipartEditor } from './multipart.js';
+export { classifyBody, type BodyKind } from './content-type.js';
+export { DEFAULT_MAX_HELD_BYTES, editInChunks } from './editor.js';
