@@ -194,11 +194,16 @@ export function isRejection(value: RequestPlan | Rejection): value is Rejection 
  * The :path for routes whose deployment comes from the body (`openai`, `deploymentless`), given the
  * removed `model` value. Undefined when the route needs no body-derived path.
  */
-export function pathFromBody(plan: RequestPlan, config: Config, touched: readonly TouchedField[]): string | Rejection | undefined {
+export function pathFromBody(
+  plan: RequestPlan,
+  config: Config,
+  touched: readonly TouchedField[],
+  bodyKind: 'json' | 'multipart',
+): string | Rejection | undefined {
   if (!plan.pathFromModel) return undefined;
-  const modelField = touched.find((field) => field.name === 'model');
-  const raw = modelField?.value;
-  const model = raw === undefined ? undefined : (jsonString(raw) ?? (raw[0] === 0x22 ? undefined : raw.toString('utf8')));
+  const raw = touched.find((field) => field.name === 'model')?.value;
+  // A JSON model must be a JSON string; a multipart model part is bare text.
+  const model = raw === undefined ? undefined : bodyKind === 'json' ? jsonString(raw) : raw.toString('utf8');
   if (!model) {
     return {
       status: 400,

@@ -403,10 +403,10 @@ export class CallProcessor {
       const invalid = outcome.kind === 'invalid';
       // A rewrite that needed `model` from the body cannot happen without one: Azure's answer stays as it was.
       this.pass(invalid ? 'invalid_body' : 'no_model', plan.route, invalid ? outcome.reason : undefined);
-      return bodyResponse('request', plan.headers.set?.length ? undefined : undefined, this.metadata());
+      return bodyResponse('request', undefined, this.metadata());
     }
 
-    const path = pathFromBody(plan, this.config, outcome.touched);
+    const path = pathFromBody(plan, this.config, outcome.touched, candidate.bodyKind);
     if (path !== undefined && typeof path !== 'string') return this.reject(path, plan.route);
     const edited = plan.unwrapExtraBody && candidate.bodyKind === 'json' ? unwrapExtraBody(outcome.body, outcome.touched) : outcome.body;
     candidate.bytesOut += edited.length;
