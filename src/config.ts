@@ -138,7 +138,7 @@ export const ConfigSchema = z
 export type Config = Readonly<z.infer<typeof ConfigSchema>>;
 
 /** Environment variable -> config key. Unset or empty variables are ignored. */
-const ENV_KEYS: Record<string, keyof Config> = {
+export const ENV_KEYS: Record<string, keyof Config> = {
   EXTPROC_LISTEN: 'listen',
   EXTPROC_HEALTH_LISTEN: 'healthListen',
   EXTPROC_ADMIN_LISTEN: 'adminListen',
@@ -154,7 +154,8 @@ const ENV_KEYS: Record<string, keyof Config> = {
 
 export class ConfigError extends Error {}
 
-function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+/** The top-level values the environment sets (merged over a configuration file's, see config-file.ts). */
+export function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const values: Record<string, unknown> = {};
   for (const [name, key] of Object.entries(ENV_KEYS)) {
     const raw = env[name];
@@ -181,11 +182,17 @@ export function describeIssues(error: z.ZodError): string[] {
   });
 }
 
+/** Validates `values` over the defaults without throwing: a deeply frozen snapshot, or one line per problem. */
+export function checkConfig(values: unknown): { ok: true; config: Config } | { ok: false; problems: string[] } {
+  const parsed = ConfigSchema.safeParse(values);
+  return parsed.success ? { ok: true, config: deepFreeze(parsed.data) } : { ok: false, problems: describeIssues(parsed.error) };
+}
+
 /** Validates `overrides` over the defaults into a deeply frozen snapshot; messages name the bad key. */
 export function buildConfig(overrides: Record<string, unknown> = {}): Config {
-  const parsed = ConfigSchema.safeParse(overrides);
-  if (!parsed.success) throw new ConfigError(`invalid configuration: ${describeIssues(parsed.error).join('; ')}`);
-  return deepFreeze(parsed.data);
+  const checked = checkConfig(overrides);
+  if (!checked.ok) throw new ConfigError(`invalid configuration: ${checked.problems.join('; ')}`);
+  return checked.config;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
