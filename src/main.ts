@@ -1,25 +1,54 @@
 #!/usr/bin/env node
-// Entry point: env -> config -> server; SIGTERM/SIGINT drain then exit.
+// Entry point: `--config file` / EXTPROC_CONFIG + env -> config -> server; the file and the API key file
+// reload on change and on SIGHUP; SIGTERM/SIGINT drain then exit.
+import { parseArgs } from 'node:util';
 import { healthChecker, startAdmin } from './admin.js';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, type Config } from './config.js';
+import { configFilePath, loadConfigFrom } from './config-file.js';
+import { watchConfig } from './config-watch.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
+import { createSecretFileSlot } from './secrets.js';
 import { startServer } from './server.js';
 
+const USAGE = 'usage: azure-image-extproc [--config config.yaml]   (or EXTPROC_CONFIG=config.yaml; env overrides the file)';
+
 async function main(): Promise<void> {
-  let config;
+  let file: string | undefined;
+  let config: Config;
   try {
-    config = loadConfig();
+    const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true, allowPositionals: false });
+    file = configFilePath({ file: values.config });
+    config = loadConfigFrom({ file });
   } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
+    const badArgument = (error as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS');
+    if (error instanceof ConfigError || badArgument) {
+      process.stderr.write(`${(error as Error).message}\n${badArgument ? `${USAGE}\n` : ''}`);
       process.exit(2);
     }
     throw error;
   }
   const logger = createLogger(config.logLevel);
   const metrics = createMetrics();
-  const server = await startServer({ config: () => config, logger, observer: metrics.observer });
+  const apiKey = createSecretFileSlot(logger);
+  apiKey.use(config.credentials.apiKeyFile);
+  const configWatcher = watchConfig({
+    file,
+    env: process.env,
+    initial: config,
+    logger,
+    metrics,
+    onReload(next) {
+      logger.level = next.logLevel;
+      apiKey.use(next.credentials.apiKeyFile);
+    },
+  });
+  const server = await startServer({
+    config: () => configWatcher.current(),
+    logger,
+    observer: metrics.observer,
+    apiKey: () => apiKey.value(),
+  });
   metrics.watch(server);
   // /readyz reads the grpc.health.v1 state that setServing flips, so both probes agree (STYLE lesson 9).
   const extProcStatus = healthChecker(server.health);
@@ -33,7 +62,7 @@ async function main(): Promise<void> {
       })
     : undefined;
   logger.info(
-    { listen: server.addresses.listen, health: server.addresses.health, admin: admin?.address, node: process.versions.node },
+    { listen: server.addresses.listen, health: server.addresses.health, admin: admin?.address, configFile: file, node: process.versions.node },
     'ready',
   );
 
@@ -43,11 +72,12 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     // Orchestrators stop with SIGTERM and keep routing here for a while; Ctrl-C on a local run does not.
-    const drainDelayMs = signal === 'SIGTERM' ? config.drainDelayMs : 0;
+    const drainDelayMs = signal === 'SIGTERM' ? configWatcher.current().drainDelayMs : 0;
     logger.info({ signal, activeCalls: server.activeCalls(), drainDelayMs }, 'draining');
     server.setServing(false);
     await new Promise((resolve) => setTimeout(resolve, drainDelayMs));
-    const drained = await server.shutdown(config.shutdownDeadlineMs);
+    configWatcher.close();
+    const drained = await server.shutdown(configWatcher.current().shutdownDeadlineMs);
     // Last, so /metrics and /readyz (503) stay scrapeable while the calls drain.
     await admin?.close();
     logger.info({ drained }, 'stopped');
@@ -57,6 +87,12 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+  // The conventional "re-read your files" signal; without a listener Node would exit on it.
+  process.on('SIGHUP', () => {
+    logger.info({ signal: 'SIGHUP' }, 'reloading configuration and secret files');
+    configWatcher.reload();
+    apiKey.reload();
+  });
 }
 
 main().catch((error: unknown) => {

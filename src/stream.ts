@@ -398,6 +398,11 @@ export class CallProcessor {
     }
     const outcome: EditOutcome =
       candidate.bodyKind === 'json' ? editJson(body, plan.rules) : editMultipart(body, candidate.boundary!, plan.rules);
+    if (outcome.kind === 'unchanged' && plan.pathFromModel) {
+      // The route names no deployment and the body has no `model` to name one: say so (400), as Azure would.
+      const missing = pathFromBody(plan, this.config, [], candidate.bodyKind);
+      if (missing !== undefined && typeof missing !== 'string') return this.reject(missing, plan.route);
+    }
     if (outcome.kind !== 'edited') {
       candidate.bytesOut += original.length;
       const invalid = outcome.kind === 'invalid';

@@ -1,0 +1,129 @@
+// Reloading the configuration file while serving (STYLE lesson 8, after ai-gateway's
+// internal/filterapi/watcher.go): the whole file is validated, and only a valid one replaces the single
+// snapshot reference. Calls keep the snapshot they started with (the server reads `current()` once per
+// call), so a reload never changes a request half-way.
+import { readFileSync } from 'node:fs';
+import type { Config } from './config.js';
+import { ConfigFileError, configFromValues, parseConfigText } from './config-file.js';
+import { watchFile } from './file-watch.js';
+import type { Logger } from './log.js';
+
+/**
+ * Keys read once when the listeners are bound (src/server.ts, src/main.ts): a new value in the file only
+ * takes effect after a restart, so the running value is kept and a warning says so.
+ */
+export const RESTART_KEYS = [
+  'listen',
+  'healthListen',
+  'adminListen',
+  'socketMode',
+  'maxMessageBytes',
+  'http2StreamResetBurst',
+  'http2StreamResetRate',
+] as const satisfies ReadonlyArray<keyof Config>;
+
+export interface ConfigWatcher {
+  /** The newest valid snapshot. */
+  current(): Config;
+  /** Re-reads the file now (SIGHUP). True when the file was valid (applied, or nothing changed). */
+  reload(): boolean;
+  close(): void;
+}
+
+export interface ConfigWatchOptions {
+  /** The configuration file; without one there is nothing to reload and `current()` is `initial`. */
+  file: string | undefined;
+  /** The environment merged over the file on every reload, as at start-up. */
+  env: NodeJS.ProcessEnv;
+  /** The snapshot the process started with (its listeners are bound with these values). */
+  initial: Config;
+  logger: Logger;
+  metrics?: { configReloaded(ok: boolean): void };
+  /** Called after a new snapshot is in place (log level, secret file path). */
+  onReload?(next: Config, previous: Config): void;
+  debounceMs?: number;
+}
+
+/** Dotted key paths whose values differ between two snapshots (plain data: objects, arrays, scalars). */
+export function changedKeys(before: unknown, after: unknown, prefix = ''): string[] {
+  const isMap = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+  if (isMap(before) && isMap(after)) {
+    const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
+    return [...keys].flatMap((key) => changedKeys(before[key], after[key], prefix ? `${prefix}.${key}` : key));
+  }
+  return JSON.stringify(before) === JSON.stringify(after) ? [] : [prefix || '(root)'];
+}
+
+export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
+  const { file, env, logger, metrics } = options;
+  let snapshot = options.initial;
+  /** The text last validated, so a burst of events over the same bad file logs it once. */
+  let lastText: string | undefined;
+  /** The last attempt was refused: the next valid file is reported even if it changes nothing. */
+  let refused = false;
+  const refuse = (): false => {
+    refused = true;
+    metrics?.configReloaded(false);
+    return false;
+  };
+
+  const attempt = (forced: boolean): boolean => {
+    if (!file) {
+      logger.info('no configuration file: nothing to reload');
+      return true;
+    }
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (error) {
+      lastText = undefined;
+      logger.error({ file, code: (error as NodeJS.ErrnoException).code }, 'configuration file unreadable: keeping the running configuration');
+      return refuse();
+    }
+    if (!forced && text === lastText) return true;
+    lastText = text;
+
+    let next: Config;
+    try {
+      next = configFromValues(parseConfigText(text), env, file);
+    } catch (error) {
+      if (!(error instanceof ConfigFileError)) throw error;
+      // Problems name keys, lines and schema rules, never values: the file may sit beside secrets.
+      logger.error({ file, problems: error.problems }, 'invalid configuration file: keeping the running configuration');
+      return refuse();
+    }
+
+    const pinned = RESTART_KEYS.filter((key) => next[key] !== snapshot[key]);
+    if (pinned.length > 0) {
+      logger.warn({ file, keys: pinned }, 'listener settings changed: they take effect after a restart; running with the current values');
+      next = Object.freeze({ ...next, ...Object.fromEntries(pinned.map((key) => [key, snapshot[key]])) });
+    }
+    const changed = changedKeys(snapshot, next);
+    // Editors and the kubelet fire events that change nothing (the first read after start-up, too).
+    if (changed.length === 0 && !forced && !refused) return true;
+    refused = false;
+    metrics?.configReloaded(true);
+    if (changed.length === 0) {
+      logger.info({ file }, 'configuration file valid: no change to apply');
+      return true;
+    }
+    const previous = snapshot;
+    snapshot = next;
+    logger.info({ file, changed }, 'configuration reloaded');
+    options.onReload?.(next, previous);
+    return true;
+  };
+
+  const watch = file
+    ? watchFile(file, () => attempt(false), {
+        ...(options.debounceMs !== undefined ? { debounceMs: options.debounceMs } : {}),
+        onError: (error) => logger.warn({ file, code: error.code }, 'cannot watch the configuration file: reload with SIGHUP'),
+      })
+    : undefined;
+
+  return {
+    current: () => snapshot,
+    reload: () => attempt(true),
+    close: () => watch?.close(),
+  };
+}
