@@ -57,8 +57,9 @@ export function changedKeys(before: unknown, after: unknown, prefix = ''): strin
 export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
   const { file, env, logger, metrics } = options;
   let snapshot = options.initial;
-  /** The text last validated, so a burst of events over the same bad file logs it once. */
+  /** The text last validated, or the error code of the last failed read: repeated events over the same state are skipped. */
   let lastText: string | undefined;
+  let lastReadError: string | undefined;
   /** The last attempt was refused: the next valid file is reported even if it changes nothing. */
   let refused = false;
   const refuse = (): false => {
@@ -76,15 +77,21 @@ export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
     try {
       text = readFileSync(file, 'utf8');
     } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? 'EUNKNOWN';
+      if (!forced && code === lastReadError) return false;
       lastText = undefined;
-      logger.error({ file, code: (error as NodeJS.ErrnoException).code }, 'configuration file unreadable: keeping the running configuration');
+      lastReadError = code;
+      logger.error({ file, code }, 'configuration file unreadable: keeping the running configuration');
       return refuse();
     }
+    lastReadError = undefined;
     if (!forced && text === lastText) return true;
     lastText = text;
 
     let next: Config;
     try {
+      // An in-place write truncates first: an empty file is far more likely half-written than meant.
+      if (text.trim() === '') throw new ConfigFileError(file, ['the file is empty (a write in progress?): write {} to go back to the defaults']);
       next = configFromValues(parseConfigText(text), env, file);
     } catch (error) {
       if (!(error instanceof ConfigFileError)) throw error;

@@ -108,10 +108,16 @@ describe('configuration reload', () => {
     expect(watcher.current()).toBe(running);
     expect(logged().at(-1)).toMatchObject({ level: 50, problems: [expect.stringMatching(/^line \d+, column \d+: /)] });
 
+    // Emptied (an in-place write truncates first): refused; `{}` is how to ask for the defaults.
+    writeFileSync(path, '');
+    await eventually(() => expect(reloads).toHaveBeenCalledTimes(3));
+    expect(watcher.current()).toBe(running);
+    expect(logged().at(-1)).toMatchObject({ level: 50, problems: [expect.stringContaining('the file is empty')] });
+
     // Fixed: applied.
     writeFileSync(path, 'drainDelayMs: 30\n');
     await eventually(() => expect(watcher.current().drainDelayMs).toBe(30));
-    expect(reloads.mock.calls).toEqual([[false], [false], [true]]);
+    expect(reloads.mock.calls).toEqual([[false], [false], [false], [true]]);
   });
 
   it('keeps listener keys until a restart, with a warning, and applies the rest', async () => {
@@ -211,10 +217,15 @@ describe('configuration reload', () => {
     expect(reloads.mock.calls).toEqual([[true]]);
     expect(logged().at(-1)).toMatchObject({ msg: 'configuration file valid: no change to apply' });
 
+    // Deleted: refused once, however many events follow in the directory.
     unlinkSync(path);
+    await eventually(() => expect(reloads.mock.calls).toEqual([[true], [false]]));
+    writeFileSync(join(dir, 'unrelated.txt'), 'y');
+    await settle();
+    expect(reloads.mock.calls).toEqual([[true], [false]]);
+    expect(logged().filter((entry) => entry.code === 'ENOENT')).toEqual([expect.objectContaining({ level: 50, file: path })]);
     expect(watcher.reload()).toBe(false);
     expect(watcher.current()).toBe(running);
-    expect(logged().find((entry) => entry.code === 'ENOENT')).toMatchObject({ level: 50, file: path });
   });
 
   it('has nothing to reload without a file', () => {
