@@ -17,6 +17,8 @@ import {
   envoyApi,
   EXT_PROC_PER_ROUTE_TYPE,
   extProcFilterOf,
+  extProcRunsFor,
+  routeMatches,
   HTTP_PROTOCOL_OPTIONS_TYPE,
   listeners,
   readExtProcFilter,
@@ -24,7 +26,6 @@ import {
   StrictDecodeError,
   typeOf,
   type Json,
-  type RouteView,
 } from './support/envoy-api.js';
 
 type Obj = { [key: string]: Json };
@@ -48,45 +49,9 @@ function egress(config: Obj) {
   return hcms[0]!;
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Envoy route matching, as far as these configs use it.
-
-/** RE2 as Envoy's safe_regex uses it: full match on the path without its query string. */
-function re2(regex: string): RegExp {
-  let flags = '';
-  let body = regex;
-  if (body.startsWith('(?i)')) {
-    flags = 'i';
-    body = body.slice(4);
-  }
-  // Anything else RE2-specific would silently mean something different in JS: refuse it.
-  if (/\(\?[^:]/.test(body)) throw new Error(`regex ${regex} uses RE2 syntax the emulation does not model`);
-  return new RegExp(`^(?:${body})$`, flags);
-}
-
-function routeMatches(route: RouteView, method: string, fullPath: string): boolean {
-  const m = route.match;
-  const known = new Set(['prefix', 'path', 'safe_regex', 'headers']);
-  for (const key of Object.keys(m)) if (!known.has(key)) throw new Error(`route match field ${key} not emulated`);
-  const pathOnly = fullPath.split('?')[0]!;
-  if (typeof m.prefix === 'string' && !fullPath.startsWith(m.prefix)) return false;
-  if (typeof m.path === 'string' && pathOnly !== m.path) return false;
-  if (m.safe_regex && !re2(String(obj(m.safe_regex).regex)).test(pathOnly)) return false;
-  for (const header of list(m.headers)) {
-    if (header.name !== ':method') throw new Error(`header matcher ${String(header.name)} not emulated`);
-    if (obj(header.string_match).exact !== method) return false;
-  }
-  return true;
-}
-
 /** Whether Envoy opens an ext_proc stream for this request (the filter runs and the route doesn't disable it). */
 function extProcRuns(config: Obj, method: string, fullPath: string): boolean {
-  const filter = extProcFilterOf(config);
-  const route = egress(config).routes.find((r) => routeMatches(r, method, fullPath));
-  if (!route) throw new Error(`no route for ${method} ${fullPath}`);
-  if (!filter) return false;
-  const perRoute = route.typed_per_filter_config?.[filter.filterName];
-  return !(perRoute && perRoute.disabled === true);
+  return extProcRunsFor(config, egress(config).routes, method, fullPath);
 }
 
 // Paths from AZURE-IMAGES.md §2.2 and §6.

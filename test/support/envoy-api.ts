@@ -579,3 +579,45 @@ export function readExtProcFilter(yamlPath: string): ExtProcFilterConfig {
   if (!config) throw new Error(`${yamlPath} has no ext_proc filter`);
   return config;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Envoy route matching, as far as the shipped configs use it (shared by the config checks and the
+// integration tests that run with the shipped per-route settings).
+
+/** RE2 as Envoy's safe_regex uses it: full match on the path without its query string. */
+function re2(regex: string): RegExp {
+  let flags = '';
+  let body = regex;
+  if (body.startsWith('(?i)')) {
+    flags = 'i';
+    body = body.slice(4);
+  }
+  // Anything else RE2-specific would silently mean something different in JS: refuse it.
+  if (/\(\?[^:]/.test(body)) throw new Error(`regex ${regex} uses RE2 syntax the emulation does not model`);
+  return new RegExp(`^(?:${body})$`, flags);
+}
+
+export function routeMatches(route: RouteView, method: string, fullPath: string): boolean {
+  const m = route.match;
+  const known = new Set(['prefix', 'path', 'safe_regex', 'headers']);
+  for (const key of Object.keys(m)) if (!known.has(key)) throw new Error(`route match field ${key} not emulated`);
+  const pathOnly = fullPath.split('?')[0]!;
+  if (typeof m.prefix === 'string' && !fullPath.startsWith(m.prefix)) return false;
+  if (typeof m.path === 'string' && pathOnly !== m.path) return false;
+  if (m.safe_regex && !re2(String((m.safe_regex as JsonObject).regex)).test(pathOnly)) return false;
+  for (const header of (m.headers ?? []) as JsonObject[]) {
+    if (header.name !== ':method') throw new Error(`header matcher ${String(header.name)} not emulated`);
+    if ((header.string_match as JsonObject).exact !== method) return false;
+  }
+  return true;
+}
+
+/** Whether Envoy opens an ext_proc stream for this request: the filter runs and the route doesn't disable it. */
+export function extProcRunsFor(bootstrap: JsonObject, routes: RouteView[], method: string, fullPath: string): boolean {
+  const filter = extProcFilterOf(bootstrap);
+  const route = routes.find((r) => routeMatches(r, method, fullPath));
+  if (!route) throw new Error(`no route for ${method} ${fullPath}`);
+  if (!filter) return false;
+  const perRoute = route.typed_per_filter_config?.[filter.filterName];
+  return !(perRoute && perRoute.disabled === true);
+}
