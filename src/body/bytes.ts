@@ -6,8 +6,18 @@ import { isUtf8 } from 'node:buffer';
 export const EMPTY = Buffer.alloc(0);
 
 /** A byte for an error message: the character if printable ASCII, else hex. */
+/**
+ * Names a byte for an `invalid` reason, which is logged: syntax characters are quoted, anything that could
+ * be customer text (letters, other printable or non-ASCII bytes) is only classified.
+ */
 export function describeByte(c: number): string {
-  return c >= 0x20 && c < 0x7f ? JSON.stringify(String.fromCharCode(c)) : `0x${c.toString(16).padStart(2, '0')}`;
+  if (c < 0x20 || c === 0x7f) return `control byte 0x${c.toString(16).padStart(2, '0')}`;
+  if (c >= 0x80) return 'a non-ASCII byte';
+  const char = String.fromCharCode(c);
+  if ('{}[]:,"\\-+.'.includes(char) || char === ' ') return JSON.stringify(char);
+  if (c >= 0x30 && c <= 0x39) return 'a digit';
+  if ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a) return 'a letter';
+  return 'a printable character';
 }
 
 /** Below this length a plain loop beats setting up a typed-array view. */
