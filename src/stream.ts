@@ -73,6 +73,9 @@ export type CallResult =
 
 export class ProtocolError extends Error {}
 
+/** Room for the ProcessingRequest fields around a body in one gRPC message (headers are not resent). */
+const MESSAGE_OVERHEAD_BYTES = 64 * 1024;
+
 /** Header lookup over Envoy's HeaderMap: keys are lower-case, values are bytes in raw_value (§2.1). */
 export class HeaderView {
   private readonly map = new Map<string, string>();
@@ -258,6 +261,8 @@ export class CallProcessor {
     const needsWhole = this.needsWholeBody(candidate);
 
     if (declared !== undefined && declared > limits.maxBodyBytes) return this.overLimit(route, common);
+    // A whole body arrives as one ext_proc message: one above maxMessageBytes would fail the gRPC call.
+    if (needsWhole && declared !== undefined && declared > this.wholeBodyLimit()) return this.overLimit(route, common);
 
     const configured = this.protocol?.request_body_mode;
     if (configured === undefined) {
@@ -290,6 +295,11 @@ export class CallProcessor {
         ? { set: headerChanges.set ?? [], remove: [...(headerChanges.remove ?? []), 'content-length'] }
         : headerChanges;
     return this.headersAnswer({ headers, clearRouteCache: pathChanged }, requestBodyModeOverride(mode, this.protocol!.response_body_mode));
+  }
+
+  /** The largest body that can be asked for whole: it must fit one ext_proc message (with framing to spare). */
+  private wholeBodyLimit(): number {
+    return Math.min(this.config.limits.maxBodyBytes, this.config.maxMessageBytes - MESSAGE_OVERHEAD_BYTES);
   }
 
   /** Edits that need the complete body: a path taken from `model`, a compressed body, unwrapping extra_body. */
