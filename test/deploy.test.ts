@@ -228,8 +228,8 @@ describe('docker-compose.yml (the LiteLLM #26316 demo)', () => {
     expect(override.services.litellm.environment.AZURE_API_KEY).toMatch(/^\$\{AZURE_API_KEY:\?/);
   });
 
-  it('the README snippets use the seed request against LiteLLM, the no-filter switch and the Azure override', () => {
-    const snippets = read('deploy/README-snippets.md');
+  it('the README uses the seed request against LiteLLM, the no-filter switch and the Azure override', () => {
+    const snippets = read('README.md');
     expect(snippets).toContain('{"model":"gpt-image-2","prompt":"a red circle","n":1,"size":"1024x1024"}');
     expect(snippets).toContain('http://localhost:4000/v1/images/generations');
     expect(snippets).toContain('ENVOY_CONFIG=envoy-demo-nofilter.yaml');
