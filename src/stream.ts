@@ -267,6 +267,8 @@ export class CallProcessor {
     const configured = this.protocol?.request_body_mode;
     if (configured === undefined) {
       // Envoy < 1.34 sends no protocol_config: its mode is unknown, and mode_override semantics differ.
+      // Header changes in a body answer only count in BUFFERED mode, so edits that need them are off.
+      if (needsWhole) return this.giveUp('body_mode_unknown', route, common);
       candidate.body = { mode: 'unknown', seenBody: false };
       return this.headersAnswer(common);
     }

@@ -87,6 +87,24 @@ describe('plain OpenAI paths to Azure deployments', () => {
   });
 });
 
+describe('Envoy < 1.34 (no protocol_config: the body mode is unknown)', () => {
+  test('rewrites that need header changes in the body answer are skipped, model removal still works', async () => {
+    server.setConfig(openaiPaths);
+    const envoy = staticEnvoy(server.target, 'BUFFERED', { envoyVersion: '1.33' });
+    try {
+      const skipped = upstreamOf(await envoy.request(jsonRequest('/v1/images/generations', '{"model":"gpt-image-2"}')));
+      expect(header(skipped.headers, ':path')).toBe('/v1/images/generations');
+      expect(skipped.body.toString()).toBe('{"model":"gpt-image-2"}');
+      const fixed = upstreamOf(await envoy.request(jsonRequest(`/openai/deployments/d/images/generations?api-version=${API_VERSION}`, '{"model":"d","n":1}')));
+      expect(fixed.body.toString()).toBe('{"n":1}');
+      expect(header(fixed.headers, 'content-length')).toBe('7');
+    } finally {
+      envoy.close();
+      server.setConfig({});
+    }
+  });
+});
+
 describe('Azure deployment-less routes', () => {
   test('routed to the deployment named by model when enabled', async () => {
     const config = { rewrite: { deploymentlessRoutes: true } };
