@@ -118,7 +118,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const budget = new MemoryBudget(config.limits.globalHeldBytes);
   const idleWaiters: Array<() => void> = [];
 
-  function process(call: ProcessCall): void {
+  function handleCall(call: ProcessCall): void {
     const started = performance.now();
     const processor = new CallProcessor(options.config(), { budget, ...(options.apiKey ? { apiKey: options.apiKey } : {}) });
     active++;
@@ -202,7 +202,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     call.on('error', () => finish('error'));
   }
 
-  server.addService(extProcService().service, { Process: process });
+  server.addService(extProcService().service, { Process: handleCall });
 
   await removeStaleSocket(config.listen);
   const port = await bind(server, config.listen);
