@@ -359,7 +359,15 @@ export class CallProcessor {
     candidate.bytesIn += message.body.length;
 
     if ('editor' in body) return this.streamChunk(candidate, body, message);
+    const answers = this.wholeBody(candidate, body, message);
+    // The whole body is answered (handed to grpc-js, which pauses reading while writes back up), yet
+    // Envoy keeps a BUFFERED call open until the request ends or (1.37+) the response headers arrive
+    // (§6.6): the reservation goes now, or every image Azure is still generating would count.
+    this.release(this.reservedBytes);
+    return answers;
+  }
 
+  private wholeBody(candidate: Candidate, body: Extract<BodyPlan, { seenBody: boolean }>, message: HttpBody): ProcessingResponse[] {
     if (body.seenBody) {
       // BUFFERED and BUFFERED_PARTIAL send one body message; anything after it flows unprocessed.
       candidate.bytesOut += message.body.length;
