@@ -184,7 +184,7 @@ export class CallProcessor {
       case 'request_body':
         return this.onRequestBody(message.request_body ?? { body: Buffer.alloc(0), end_of_stream: false });
       case 'request_trailers':
-        return [trailersResponse('request')];
+        return [...this.flushBeforeTrailers(), trailersResponse('request')];
       case 'response_headers':
         return [headersResponse('response')];
       case 'response_body':
@@ -446,16 +446,21 @@ export class CallProcessor {
     return bodyResponse('request', { body: edited, headers: { set, remove }, clearRouteCache: path !== undefined }, this.metadata());
   }
 
+  /**
+   * `ends`: this is the body's last chunk, with end_of_stream, or (FULL_DUPLEX_STREAMED) an empty one
+   * standing for the trailers that end it.
+   */
   private streamChunk(
     candidate: Candidate,
     body: Extract<BodyPlan, { editor: StreamEditor }>,
     message: HttpBody,
+    ends = message.end_of_stream,
   ): ProcessingResponse[] {
     const { editor } = body;
     let released = editor.push(message.body);
-    if (message.end_of_stream) released = Buffer.concat([released, editor.end()]);
+    if (ends) released = Buffer.concat([released, editor.end()]);
     if (body.window) {
-      const verified = this.throughWindow(body, message, released);
+      const verified = this.throughWindow(body, message, released, ends);
       if (verified === undefined) {
         // Held for verification: STREAMED answers the chunk with no bytes, FULL_DUPLEX does not answer yet.
         return body.mode === 'FULL_DUPLEX_STREAMED' ? [] : [bodyResponse('request', { body: Buffer.alloc(0) })];
@@ -463,15 +468,15 @@ export class CallProcessor {
       released = verified;
     }
     candidate.bytesOut += released.length;
-    if (message.end_of_stream) {
+    if (ends) {
       if (editor.outcome === 'edited') this.rewritten(candidate, editor.touched, []);
       else this.pass(editor.outcome === 'invalid' ? 'invalid_body' : 'no_model', candidate.plan.route);
     }
-    const metadata = message.end_of_stream ? this.metadata() : {};
+    const metadata = ends ? this.metadata() : {};
 
     if (body.mode === 'FULL_DUPLEX_STREAMED') {
       // Answers carry released bytes; nothing to release yet means no answer yet (§3.6: M chunks -> N answers).
-      if (released.length === 0 && !message.end_of_stream) return [];
+      if (released.length === 0 && !ends) return [];
       return [{ ...streamedBodyResponse('request', released, message.end_of_stream), ...(metadata.dynamicMetadata ? { dynamic_metadata: metadata.dynamicMetadata } : {}) }];
     }
     // STREAMED: one answer per chunk; an unchanged chunk gets a bare CONTINUE (lesson 5).
@@ -484,21 +489,35 @@ export class CallProcessor {
    * release now, or undefined while still holding: at the end, the edited body if it proved well-formed,
    * else the original bytes; past the window (or the memory budget), everything held so far.
    */
-  private throughWindow(body: Extract<BodyPlan, { editor: StreamEditor }>, message: HttpBody, released: Buffer): Buffer | undefined {
+  private throughWindow(body: Extract<BodyPlan, { editor: StreamEditor }>, message: HttpBody, released: Buffer, ends: boolean): Buffer | undefined {
     const window = body.window!;
     const added = message.body.length + released.length;
     window.input.push(message.body);
     window.output.push(released);
     window.bytes += added;
     const fits = window.bytes <= 2 * this.config.streamThresholdBytes && this.reserve(added);
-    if (message.end_of_stream || !fits) {
+    if (ends || !fits) {
       body.window = undefined;
       if (fits) this.release(window.bytes);
       else this.release(window.bytes - added);
-      const invalid = message.end_of_stream && body.editor.outcome === 'invalid';
+      const invalid = ends && body.editor.outcome === 'invalid';
       return Buffer.concat(invalid ? window.input : window.output);
     }
     return undefined;
+  }
+
+  /**
+   * In FULL_DUPLEX_STREAMED a body followed by trailers has no end_of_stream: the trailers tell that it is
+   * complete (processing_mode.proto). What the editor or the window still holds goes out before the
+   * trailers answer (headers -> body -> trailers, §3.6), with end_of_stream false as the trailers end the
+   * request, as in Envoy's ServerWaitForBodyAndTrailerBeforeSendsHeaderRespDuplexStreamedSmallBody.
+   * STREAMED cannot do this: Envoy sends the trailers only once every chunk is answered (§3.4).
+   */
+  private flushBeforeTrailers(): ProcessingResponse[] {
+    const candidate = this.candidate;
+    const body = candidate?.body;
+    if (!candidate || !body || !('editor' in body) || body.mode !== 'FULL_DUPLEX_STREAMED' || this.resultValue) return [];
+    return this.streamChunk(candidate, body, { body: Buffer.alloc(0), end_of_stream: false }, true);
   }
 
   /** A body we do not edit. FULL_DUPLEX_STREAMED drains the original, so it must be echoed back (§3.6). */
