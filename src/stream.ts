@@ -408,7 +408,9 @@ export class CallProcessor {
     const { plan } = candidate;
     let body = original;
     if (candidate.encoding !== 'identity') {
-      const inflated = decompress(original, candidate.encoding, this.config.limits.maxDecompressedBytes);
+      // The edited body goes back in one ext_proc message: one past maxMessageBytes fails the call (a 500).
+      const limit = Math.min(this.config.limits.maxDecompressedBytes, this.config.maxMessageBytes - MESSAGE_OVERHEAD_BYTES);
+      const inflated = decompress(original, candidate.encoding, limit);
       if (!inflated) {
         candidate.bytesOut += original.length;
         this.pass('content_encoding', plan.route, 'cannot decompress within limits');
