@@ -73,6 +73,9 @@ export type CallResult =
 
 export class ProtocolError extends Error {}
 
+/** What a streamed body goes through once editing has stopped (no memory budget left): unchanged. */
+const PASS_THROUGH: StreamEditor = { push: (chunk) => chunk, end: () => Buffer.alloc(0), outcome: 'unchanged', touched: [], heldBytes: 0 };
+
 /** Room for the ProcessingRequest fields around a body in one gRPC message (headers are not resent). */
 const MESSAGE_OVERHEAD_BYTES = 64 * 1024;
 
@@ -139,6 +142,8 @@ export class CallProcessor {
   private headersSeen = false;
   private resultValue: CallResult | undefined;
   private reservedBytes = 0;
+  /** The part of reservedBytes that covers what the streaming editor holds back. */
+  private holdReserved = 0;
   private declaredLength: number | undefined;
 
   constructor(
@@ -163,7 +168,7 @@ export class CallProcessor {
   /** Bytes the editors hold back for this call beyond what it reserved from the budget. */
   get heldBytes(): number {
     const body = this.candidate?.body;
-    return body && 'editor' in body ? body.editor.heldBytes : 0;
+    return body && 'editor' in body ? Math.max(0, body.editor.heldBytes - this.holdReserved) : 0;
   }
 
   /** Releases what the call reserved from the global budget; the server calls it when the call ends. */
@@ -349,6 +354,14 @@ export class CallProcessor {
     this.reservedBytes -= released;
   }
 
+  /** Keeps the reservation for the editor's hold-back at `held` bytes; false when the budget has no room. */
+  private reserveHold(held: number): boolean {
+    if (held > this.holdReserved && !this.reserve(held - this.holdReserved)) return false;
+    if (held < this.holdReserved) this.release(this.holdReserved - held);
+    this.holdReserved = held;
+    return true;
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Request body.
 
@@ -461,6 +474,17 @@ export class CallProcessor {
     const { editor } = body;
     let released = editor.push(message.body);
     if (ends) released = Buffer.concat([released, editor.end()]);
+    if (!this.reserveHold(editor.heldBytes)) {
+      // limits.globalHeldBytes covers held-back bytes too (a huge `model` is held whole, up to the
+      // editor's cap): without room, editing stops and what is held goes on as it came (bytes already
+      // released stay as they were sent).
+      released = Buffer.concat([released, editor.end()]);
+      this.reserveHold(0);
+      body.editor = PASS_THROUGH;
+      const rejection = this.overLimitRejection();
+      if (rejection) return [this.reject(rejection, candidate.plan.route)];
+      this.pass('too_large', candidate.plan.route);
+    }
     if (body.window) {
       const verified = this.throughWindow(body, message, released, ends);
       if (verified === undefined) {

@@ -446,10 +446,10 @@ describe('memory: 200 concurrent uploads of 2-5 MiB in 64 KiB frames (STREAMED v
           `peak heldBytes ${after.peakHeld} B, peak budget ${after.peakBudget} B`,
       );
       expect(verdicts.filter(Boolean).length).toBe(CONCURRENCY);
-      // Bodies above the threshold with a content-length stream without a window: nothing is reserved,
-      // and each call holds at most a part header block and the model part (well under 1 KiB here).
+      // Bodies above the threshold with a content-length stream without a window: the budget covers only
+      // what editors hold back, at most a part header block and the model part per call (< 1 KiB here).
       expect(after.peakBudget).toBeLessThanOrEqual(GLOBAL_HELD);
-      expect(after.peakBudget).toBe(0);
+      expect(after.peakBudget).toBeLessThanOrEqual(CONCURRENCY * KiB);
       expect(after.peakHeld).toBeLessThanOrEqual(CONCURRENCY * KiB);
       // 200 uploads of ~3.5 MiB (700 MiB) went through. Measured here: ~47 MiB growth at 50 concurrent,
       // ~65 MiB at 200, ~71 MiB at 400: transport buffers and garbage awaiting GC, not a per-call cost.

@@ -10,6 +10,7 @@
 import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { MemoryBudget } from '../src/budget.js';
+import { CallProcessor } from '../src/stream.js';
 import type { Outcome } from './envoy/emulator.js';
 import {
   DEPLOYMENT_PATH,
@@ -334,6 +335,82 @@ describe('limits.globalHeldBytes', () => {
       expect(modes.every((mode) => mode === 'BUFFERED' || mode === 'STREAMED')).toBe(true);
       expect(budgetPeak).toBeGreaterThan(0);
       expect(budgetPeak).toBeLessThanOrEqual(1 * MiB);
+      await heldDrainsToZero(server);
+    } finally {
+      envoy.close();
+    }
+  });
+});
+
+describe('limits.globalHeldBytes covers what streaming editors hold back', () => {
+  // A streamed body is held back only while it may belong to `model`: a part header block, a JSON key,
+  // a matched member. A huge `model` (up to the editor's 1 MiB cap) is held whole, so many such uploads
+  // at once would hold that much each: the hold counts against the same budget as buffered bodies.
+  const upload = () => {
+    const parts = [
+      { name: 'model', data: 'm'.repeat(200 * KiB) },
+      { name: 'image', filename: 'a.png', contentType: 'image/png', data: binary(3 * MiB, 12) },
+    ];
+    return multipartRequest(EDITS_PATH, 'hold', parts);
+  };
+
+  /** Largest heldBytes() after any message the server handled while `run` was in flight. */
+  async function peakHeld<T>(server: TestServer, run: () => Promise<T>): Promise<{ value: T; peak: number }> {
+    let peak = 0;
+    const handle = CallProcessor.prototype.handle;
+    const spy = vi.spyOn(CallProcessor.prototype, 'handle').mockImplementation(function (this: CallProcessor, message) {
+      const answered = handle.call(this, message);
+      peak = Math.max(peak, server.server.heldBytes());
+      return answered;
+    });
+    try {
+      return { value: await run(), peak };
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  test('no room to hold a 200 KiB model part (64 KiB of room), overLimit forward: held bytes stay within the budget, body forwarded unchanged', async () => {
+    const server = await serverWith({ globalHeldBytes: 64 * KiB });
+    const request = upload();
+    const envoy = recommendedEnvoy(server.target);
+    try {
+      const { value, peak } = await peakHeld(server, () =>
+        withResult(server, () => envoy.request({ headers: request.headers, body: frames(request.body, 16 * KiB) })),
+      );
+      expect(overrideOf(value.outcome)).toBe('STREAMED');
+      expect(upstreamOf(value.outcome).body.equals(request.body)).toBe(true);
+      expect(value.result).toMatchObject({ kind: 'passed', reason: 'too_large' });
+      expect(peak).toBeLessThanOrEqual(64 * KiB);
+      await heldDrainsToZero(server);
+    } finally {
+      envoy.close();
+    }
+  });
+
+  test('the same with overLimit reject: 413 in Azure error shape', async () => {
+    const server = await serverWith({ globalHeldBytes: 64 * KiB, overLimit: 'reject' });
+    const request = upload();
+    const envoy = recommendedEnvoy(server.target);
+    try {
+      const { value: outcome, peak } = await peakHeld(server, () => envoy.request({ headers: request.headers, body: frames(request.body, 16 * KiB) }));
+      expectAzure413(outcome);
+      expect(peak).toBeLessThanOrEqual(64 * KiB);
+      await heldDrainsToZero(server);
+    } finally {
+      envoy.close();
+    }
+  });
+
+  test('with room, the same upload is edited and its hold is reserved, then released', async () => {
+    const server = await serverWith({ globalHeldBytes: 1 * MiB });
+    const request = upload();
+    const envoy = recommendedEnvoy(server.target);
+    try {
+      const outcome = await envoy.request({ headers: request.headers, body: frames(request.body, 16 * KiB) });
+      expect(upstreamOf(outcome).body.equals(multipartRequest(EDITS_PATH, 'hold', [{ name: 'image', filename: 'a.png', contentType: 'image/png', data: binary(3 * MiB, 12) }]).body)).toBe(true);
+      // Reserved as it grows, chunk by chunk: most of the 200 KiB part before its end drops it.
+      expect(budgetPeak).toBeGreaterThan(150 * KiB);
       await heldDrainsToZero(server);
     } finally {
       envoy.close();
