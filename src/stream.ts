@@ -266,10 +266,12 @@ export class CallProcessor {
     const needsWhole = this.needsWholeBody(candidate);
 
     if (declared !== undefined && declared > limits.maxBodyBytes) return this.overLimit(route, common);
-    // A whole body arrives as one ext_proc message: one above maxMessageBytes would fail the gRPC call.
-    if (needsWhole && declared !== undefined && declared > this.wholeBodyLimit()) return this.overLimit(route, common);
-
     const configured = this.protocol?.request_body_mode;
+    // A whole body arrives as one ext_proc message (static BUFFERED sends every body so): one above
+    // maxMessageBytes would fail the gRPC call.
+    const whole = needsWhole || configured === 'BUFFERED';
+    if (whole && declared !== undefined && declared > this.wholeBodyLimit()) return this.overLimit(route, common);
+
     if (configured === undefined) {
       // Envoy < 1.34 sends no protocol_config: its mode is unknown, and mode_override semantics differ.
       // Header changes in a body answer only count in BUFFERED mode, so edits that need them are off.

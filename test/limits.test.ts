@@ -250,6 +250,48 @@ describe("Envoy's own buffer limit (per_connection_buffer_limit_bytes), not the 
   });
 });
 
+describe('maxMessageBytes: a whole body must fit one ext_proc message', () => {
+  // Static BUFFERED sends the whole body in one message; grpc-js refuses one above maxMessageBytes and
+  // the call fails (Envoy: 500). A body announced larger gets the overLimit policy at request headers.
+  const { body } = generation(3 * MiB);
+
+  test('static BUFFERED, content-length above it, overLimit reject: 413 in Azure error shape at request headers, not a 500', async () => {
+    const server = await serverWith({ overLimit: 'reject' }, { maxMessageBytes: 2 * MiB });
+    const envoy = staticEnvoy(server.target, 'BUFFERED');
+    try {
+      const outcome = await envoy.request({ ...jsonRequest(DEPLOYMENT_PATH, body), body: frames(Buffer.from(body), 64 * KiB) });
+      expectAzure413(outcome);
+      expect(bodyMessagesSent(outcome)).toBe(0);
+    } finally {
+      envoy.close();
+    }
+  });
+
+  test('static BUFFERED with allow_mode_override, content-length above it, overLimit forward: switched to NONE, forwarded unchanged', async () => {
+    const server = await serverWith({}, { maxMessageBytes: 2 * MiB });
+    const envoy = staticEnvoy(server.target, 'BUFFERED', { allowModeOverride: true });
+    try {
+      const outcome = await envoy.request({ ...jsonRequest(DEPLOYMENT_PATH, body), body: frames(Buffer.from(body), 64 * KiB) });
+      expect(overrideOf(outcome)).toBe('NONE');
+      expect(upstreamOf(outcome).body.toString()).toBe(body);
+    } finally {
+      envoy.close();
+    }
+  });
+
+  test("static BUFFERED, unknown length above it: the call fails (500), so keep Envoy's buffer limit at or below maxMessageBytes", async () => {
+    const server = await serverWith({}, { maxMessageBytes: 2 * MiB });
+    const request = jsonRequest(DEPLOYMENT_PATH, body);
+    const envoy = staticEnvoy(server.target, 'BUFFERED');
+    try {
+      const outcome = await envoy.request({ headers: request.headers.filter(([key]) => key !== 'content-length'), body: frames(request.body, 64 * KiB) });
+      expect(outcome.kind === 'local_reply' && [outcome.status, outcome.details]).toEqual([500, expect.stringContaining('Received_message_larger_than_max')]);
+    } finally {
+      envoy.close();
+    }
+  });
+});
+
 describe('limits.globalHeldBytes', () => {
   const gzipJson = (text: string) => {
     const compressed = gzipSync(text);
