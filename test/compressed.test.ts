@@ -269,9 +269,9 @@ describe('zip bombs (limits.maxDecompressedBytes = 1 MiB)', () => {
       const outcome = await envoy.request(request);
       const elapsedMs = performance.now() - started;
       expectUntouched(outcome, request, 'gzip');
-      // Inflating it all would take a second or more and 1 GiB at least; stopping at 1 MiB takes neither.
+      // Inflating it all takes seconds and 1 GiB at least (measured: 4-19 s); stopping at 1 MiB, milliseconds.
       expect(peakRss() - before).toBeLessThan(64 * MiB);
-      expect(elapsedMs).toBeLessThan(1000);
+      expect(elapsedMs).toBeLessThan(2000);
     } finally {
       envoy.close();
     }

@@ -5,8 +5,11 @@
 //   error shape. An announced one is decided at request headers, so its body is never asked for.
 // - limits.globalHeldBytes: whole bodies are reserved before they are asked for; without room a
 //   request that can be streamed is streamed, one that needs the whole body (compressed) gets the
-//   overLimit policy, and a body Envoy already buffered (static BUFFERED) gets it too.
+//   overLimit policy, and a body Envoy already buffered (static BUFFERED) gets it too. What streaming
+//   editors hold back is reserved as it grows; without room editing stops (same policy).
+// - maxMessageBytes: a whole body announced larger than one ext_proc message gets the same policy.
 // - Reservations last while the server holds the body, not while Azure works on the request.
+// Not covered by maxBodyBytes: a streamed body of unknown length (held back bytes only, no whole body).
 import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { MemoryBudget } from '../src/budget.js';
