@@ -74,7 +74,7 @@ export type CallResult =
 export class ProtocolError extends Error {}
 
 /** What a streamed body goes through once editing has stopped (no memory budget left): unchanged. */
-const PASS_THROUGH: StreamEditor = { push: (chunk) => chunk, end: () => Buffer.alloc(0), outcome: 'unchanged', touched: [], heldBytes: 0 };
+const PASS_THROUGH: StreamEditor = { push: (chunk) => chunk, end: () => Buffer.alloc(0), outcome: 'unchanged', touched: [], heldBytes: 0, complete: false };
 
 /** Room for the ProcessingRequest fields around a body in one gRPC message (headers are not resent). */
 const MESSAGE_OVERHEAD_BYTES = 64 * 1024;
@@ -115,7 +115,7 @@ interface VerifyWindow {
 /** How the request body of a candidate reaches us. */
 type BodyPlan =
   | { mode: 'BUFFERED' | 'BUFFERED_PARTIAL' | 'unknown'; seenBody: boolean }
-  | { mode: 'STREAMED' | 'FULL_DUPLEX_STREAMED'; editor: StreamEditor; window?: VerifyWindow };
+  | { mode: 'STREAMED' | 'FULL_DUPLEX_STREAMED'; editor: StreamEditor; window?: VerifyWindow; ended?: boolean };
 
 interface Candidate {
   plan: RequestPlan;
@@ -474,8 +474,18 @@ export class CallProcessor {
     ends = message.end_of_stream,
   ): ProcessingResponse[] {
     const { editor } = body;
+    // The announced length reached is the end of the body even when trailers, not end_of_stream, follow.
+    if (!ends && this.declaredLength !== undefined && candidate.bytesIn >= this.declaredLength) ends = true;
+    if (body.ended) {
+      // Bytes after the end (an empty end_of_stream chunk after the announced length) pass as they are.
+      candidate.bytesOut += message.body.length;
+      return body.mode === 'FULL_DUPLEX_STREAMED' ? [streamedBodyResponse('request', message.body, message.end_of_stream)] : [bodyResponse('request')];
+    }
     let released = editor.push(message.body);
-    if (ends) released = Buffer.concat([released, editor.end()]);
+    if (ends) {
+      released = Buffer.concat([released, editor.end()]);
+      body.ended = true;
+    }
     if (!this.reserveHold(editor.heldBytes)) {
       // limits.globalHeldBytes covers held-back bytes too (a huge `model` is held whole, up to the
       // editor's cap): without room, editing stops and what is held goes on as it came (bytes already
@@ -524,11 +534,14 @@ export class CallProcessor {
     window.output.push(released);
     window.bytes += added;
     const fits = window.bytes <= 2 * this.config.streamThresholdBytes && this.reserve(added);
-    if (ends || !fits) {
+    // Verified: the body ended, or its structure did (what may follow is whitespace or an epilogue; a body
+    // followed by trailers never brings end_of_stream, §3.4), or it proved malformed (only the original
+    // bytes can go out then).
+    const invalid = body.editor.outcome === 'invalid';
+    if (ends || !fits || invalid || body.editor.complete) {
       body.window = undefined;
       if (fits) this.release(window.bytes);
       else this.release(window.bytes - added);
-      const invalid = ends && body.editor.outcome === 'invalid';
       return Buffer.concat(invalid ? window.input : window.output);
     }
     return undefined;

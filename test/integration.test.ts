@@ -307,6 +307,31 @@ describe('stream lifecycle', () => {
     }
   });
 
+  test('STREAMED: an empty end_of_stream chunk after the announced length passes through', async () => {
+    const envoy = staticEnvoy(server.target, 'STREAMED');
+    const request = jsonRequest(DEPLOYMENT_PATH, SEED);
+    try {
+      const upstream = upstreamOf(await envoy.request({ headers: request.headers, body: [request.body, Buffer.alloc(0)] }));
+      expect(upstream.body.toString()).toBe(SEED_FIXED);
+    } finally {
+      envoy.close();
+    }
+  });
+
+  test('STREAMED with request trailers and a content-length: edited, the call reports the rewrite', async () => {
+    const envoy = staticEnvoy(server.target, 'STREAMED', { processingMode: { requestBodyMode: 'STREAMED', requestTrailerMode: 'SEND', responseHeaderMode: 'SKIP' } });
+    const request = jsonRequest(DEPLOYMENT_PATH, SEED);
+    const before = server.results.length;
+    try {
+      const upstream = upstreamOf(await envoy.request({ headers: request.headers, body: frames(request.body, 10), trailers: [['x-checksum', 'abc']] }));
+      expect(upstream.body.toString()).toBe(SEED_FIXED);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(server.results.slice(before).map((result) => result.kind)).toContain('rewritten');
+    } finally {
+      envoy.close();
+    }
+  });
+
   test('Envoy < 1.37 (stream kept open until the request ends) works the same', async () => {
     const envoy = recommendedEnvoy(server.target, { envoyVersion: '1.34' });
     try {

@@ -274,13 +274,10 @@ describe('request trailers (static FULL_DUPLEX_STREAMED, trailer mode SEND)', ()
     }
   });
 
-  // KNOWN BUG, not fixable in src/stream.ts alone. In STREAMED mode a body that ends with trailers has
-  // no end_of_stream on its last chunk, and Envoy sends the trailers only after every chunk is answered
-  // (§3.4): bytes still held then can never be sent. Bodies past the threshold lose nothing (a complete
-  // body leaves the editor holding nothing), but the verification window (no content-length, under the
-  // threshold) holds the whole body and Azure receives none of it. A fix needs the editors to say when
-  // the body is syntactically complete (src/body), so the window can release there.
-  test.fails('static STREAMED, request trailers, unknown length under the threshold: Azure gets the edited body', async () => {
+  // In STREAMED mode a body that ends with trailers has no end_of_stream on its last chunk, and Envoy sends
+  // the trailers only after every chunk is answered (§3.4): the verification window (no content-length,
+  // under the threshold) must release when the editor sees the body's structure end.
+  test('static STREAMED, request trailers, unknown length under the threshold: Azure gets the edited body', async () => {
     const { request, expected } = editUpload(300 * KiB, 'last');
     const envoy = staticEnvoy(server.target, 'STREAMED');
     try {

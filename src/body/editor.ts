@@ -36,6 +36,10 @@ export abstract class ByteEditor implements StreamEditor {
     return this.sink.heldBytes;
   }
 
+  get complete(): boolean {
+    return !this.failed && this.structureEnded();
+  }
+
   push(chunk: Buffer): Buffer {
     this.take(chunk, true);
     return join(this.sink.release());
@@ -96,6 +100,8 @@ export abstract class ByteEditor implements StreamEditor {
 
   /** At end of body: fail() unless the body was complete. */
   protected abstract finish(): void;
+  /** Whether the scanner is past the end of the body's structure. */
+  protected abstract structureEnded(): boolean;
 }
 
 /** Pushes `chunks` through `editor`, ends it, and returns everything it released. */

@@ -211,6 +211,10 @@ class JsonEditor extends ByteEditor {
     if (!this.failed && this.member === M_KEY && this.sink.heldOffset(len) - this.keyOffset > this.keyLimit) this.keepMember(len);
   }
 
+  protected structureEnded(): boolean {
+    return this.state === T_END && this.utf8.end();
+  }
+
   protected finish(): void {
     if (!this.utf8.end()) return this.fail('body ends inside a UTF-8 sequence');
     if (this.state !== T_END) this.fail(`body ends before the JSON object does (${this.offset} bytes)`);

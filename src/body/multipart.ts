@@ -105,6 +105,10 @@ class MultipartEditor extends ByteEditor {
     }
   }
 
+  protected structureEnded(): boolean {
+    return this.state === EPILOGUE;
+  }
+
   protected finish(): void {
     if (this.state === EPILOGUE) return;
     if (this.state === SEARCH && this.where === IN_PREAMBLE) return this.fail('no opening delimiter');

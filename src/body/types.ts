@@ -28,4 +28,9 @@ export interface StreamEditor {
   readonly touched: readonly TouchedField[];
   /** Bytes currently held back (for memory accounting). */
   readonly heldBytes: number;
+  /**
+   * The body's structure has ended (the JSON object closed, the multipart close delimiter seen) and it is
+   * well-formed so far: whatever follows can only be trailing whitespace or the multipart epilogue.
+   */
+  readonly complete: boolean;
 }
