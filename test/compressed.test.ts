@@ -30,6 +30,8 @@ import {
   startTestServer,
   type Part,
   type TestServer,
+  upstreamOf,
+  serverAnswers,
 } from './support/harness.js';
 
 const KiB = 1024;
@@ -73,19 +75,8 @@ function compressedMultipart(parts: Part[], boundary: string): Request {
     body,
   };
 }
-
-function upstreamOf(outcome: Outcome) {
-  if (outcome.kind !== 'upstream') throw new Error(`expected the request to reach Azure, got ${outcome.kind}: ${JSON.stringify(outcome).slice(0, 300)}`);
-  return outcome.upstream;
-}
-
-/** Server answers of one kind, e.g. 'request_headers'. */
-function answers(outcome: Outcome, kind: string): Array<Record<string, unknown>> {
-  return outcome.transcript.filter((entry) => entry.direction === 'server->envoy' && entry.kind === kind).map((entry) => entry.message as Record<string, unknown>);
-}
-
 function overrideOf(outcome: Outcome): string | undefined {
-  const override = answers(outcome, 'request_headers')[0]?.mode_override as { request_body_mode?: string } | null | undefined;
+  const override = serverAnswers(outcome, 'request_headers')[0]?.mode_override as { request_body_mode?: string } | null | undefined;
   return override?.request_body_mode ?? undefined;
 }
 
@@ -102,7 +93,7 @@ function expectUntouched(outcome: Outcome, request: Request, coding: string): vo
   const upstream = upstreamOf(outcome);
   expect(upstream.body.equals(request.body)).toBe(true);
   expect(header(upstream.headers, 'content-encoding')).toBe(coding);
-  for (const answer of answers(outcome, 'request_body')) {
+  for (const answer of serverAnswers(outcome, 'request_body')) {
     const mutation = (answer.request_body as { response: { body_mutation: { mutation?: string; streamed_response?: { body: Buffer } } | null } }).response.body_mutation;
     // FULL_DUPLEX_STREAMED must echo what it drained; every other mode leaves the body alone.
     if (mutation?.mutation !== 'streamed_response') expect(mutation).toBeNull();

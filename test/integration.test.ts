@@ -3,7 +3,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { EXT_PROC_SERVICE, healthService } from '../src/proto.js';
-import type { Outcome } from './envoy/emulator.js';
 import {
   DEPLOYMENT_PATH,
   EDITS_PATH,
@@ -16,6 +15,8 @@ import {
   staticEnvoy,
   startTestServer,
   type TestServer,
+  upstreamOf,
+  serverAnswers,
 } from './support/harness.js';
 
 let server: TestServer;
@@ -25,19 +26,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await server.close();
 });
-
-function upstreamOf(outcome: Outcome) {
-  if (outcome.kind !== 'upstream') throw new Error(`expected the request to reach the upstream, got ${outcome.kind}: ${JSON.stringify(outcome).slice(0, 400)}`);
-  return outcome.upstream;
-}
-
-/** Server answers in the transcript, by kind (e.g. 'request_body'). */
-function answers(outcome: Outcome, kind?: string): Array<Record<string, unknown>> {
-  return outcome.transcript
-    .filter((entry) => entry.direction === 'server->envoy' && (kind === undefined || entry.kind === kind))
-    .map((entry) => entry.message as Record<string, unknown>);
-}
-
 const SEED = '{"model":"gpt-image-2-1","prompt":"a red circle","n":1,"size":"1024x1024"}';
 const SEED_FIXED = '{"prompt":"a red circle","n":1,"size":"1024x1024"}';
 
@@ -82,7 +70,7 @@ describe.each(modes)('JSON generations, %s', (_name, makeEnvoy) => {
     try {
       const outcome = await envoy.request(jsonRequest(DEPLOYMENT_PATH, SEED_FIXED));
       expect(upstreamOf(outcome).body.toString()).toBe(SEED_FIXED);
-      for (const answer of answers(outcome, 'request_body')) {
+      for (const answer of serverAnswers(outcome, 'request_body')) {
         const common = (answer.request_body as { response: { body_mutation: unknown } }).response;
         const mutation = common.body_mutation as { mutation?: string; streamed_response?: { body: Buffer } } | null;
         // FULL_DUPLEX_STREAMED must echo the bytes; every other mode must leave the body alone.
@@ -138,7 +126,7 @@ describe('requests that are not ours pass through untouched', () => {
       const outcome = await envoy.request(jsonRequest('/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21', body));
       expect(upstreamOf(outcome).body.toString()).toBe(body);
       expect(outcome.messagesSent).toBe(1);
-      const headersAnswer = answers(outcome, 'request_headers')[0]!;
+      const headersAnswer = serverAnswers(outcome, 'request_headers')[0]!;
       expect(headersAnswer.mode_override).toBeNull();
       expect(outcome.streamClosedBy).toBe('envoy-early-close');
     } finally {
@@ -215,7 +203,7 @@ describe('body size and mode choice', () => {
     const envoy = recommendedEnvoy(server.target);
     try {
       const outcome = await envoy.request(jsonRequest(DEPLOYMENT_PATH, SEED));
-      const headersAnswer = answers(outcome, 'request_headers')[0]!;
+      const headersAnswer = serverAnswers(outcome, 'request_headers')[0]!;
       expect((headersAnswer.mode_override as { request_body_mode: string }).request_body_mode).toBe('BUFFERED');
       const upstream = upstreamOf(outcome);
       expect(header(upstream.headers, 'content-length')).toBe(String(SEED_FIXED.length));
@@ -236,12 +224,12 @@ describe('body size and mode choice', () => {
     const expected = multipartRequest(EDITS_PATH, 'b', parts.slice(1)).body;
     try {
       const outcome = await envoy.request({ headers: request.headers, body: frames(request.body, 64 * 1024) });
-      const headersAnswer = answers(outcome, 'request_headers')[0]!;
+      const headersAnswer = serverAnswers(outcome, 'request_headers')[0]!;
       expect((headersAnswer.mode_override as { request_body_mode: string }).request_body_mode).toBe('STREAMED');
       const upstream = upstreamOf(outcome);
       expect(upstream.contentLengthRemoved).toBe(true);
       expect(upstream.body.equals(expected)).toBe(true);
-      expect(answers(outcome, 'request_body').length).toBe(frames(request.body, 64 * 1024).length);
+      expect(serverAnswers(outcome, 'request_body').length).toBe(frames(request.body, 64 * 1024).length);
     } finally {
       envoy.close();
     }

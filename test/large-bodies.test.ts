@@ -7,7 +7,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { CallProcessor } from '../src/stream.js';
 import type { EnvoyEmulator, Outcome } from './envoy/emulator.js';
 import {
   DEPLOYMENT_PATH,
@@ -23,6 +22,8 @@ import {
   startTestServer,
   type Part,
   type TestServer,
+  upstreamOf,
+  peakHeld,
 } from './support/harness.js';
 
 const KiB = 1024;
@@ -86,12 +87,6 @@ function randomFrames(body: Buffer, seed: number, hot: number[]): Buffer[] {
 function multipartFrames(body: Buffer, seed: number): Buffer[] {
   return randomFrames(body, seed, [...offsetsOf(body, `--${BOUNDARY}`), ...offsetsOf(body, 'name="model"')]);
 }
-
-function upstreamOf(outcome: Outcome) {
-  if (outcome.kind !== 'upstream') throw new Error(`expected the request to reach Azure, got ${outcome.kind}: ${JSON.stringify(outcome).slice(0, 300)}`);
-  return outcome.upstream;
-}
-
 type Answer = Record<string, unknown>;
 
 function answers(outcome: Outcome): Array<{ kind: string; message: Answer }> {
@@ -120,21 +115,6 @@ function streamedResponses(outcome: Outcome): StreamedResponse[] {
     });
 }
 
-/** The largest heldBytes() after any message the server handled while `run` was in flight. */
-async function sampleHeld<T>(run: () => Promise<T>): Promise<{ value: T; peak: number }> {
-  let peak = 0;
-  const handle = CallProcessor.prototype.handle;
-  const spy = vi.spyOn(CallProcessor.prototype, 'handle').mockImplementation(function (this: CallProcessor, message) {
-    const answered = handle.call(this, message);
-    peak = Math.max(peak, server.server.heldBytes());
-    return answered;
-  });
-  try {
-    return { value: await run(), peak };
-  } finally {
-    spy.mockRestore();
-  }
-}
 
 /** The result of the next call to finish (reported once Envoy closed the stream). */
 async function withResult<T>(run: () => Promise<T>) {
@@ -198,7 +178,7 @@ describe.each([
     expect(chunks.filter((chunk) => chunk.length === 1).length).toBeGreaterThan(100);
     const envoy = makeEnvoy(server.target);
     try {
-      const { value: outcome, peak } = await sampleHeld(() => envoy.request({ headers: request.headers, body: chunks }));
+      const { value: outcome, peak } = await peakHeld(server, () => envoy.request({ headers: request.headers, body: chunks }));
       const upstream = upstreamOf(outcome);
       expect(upstream.body.length).toBe(expected.length);
       expect(upstream.body.equals(expected)).toBe(true);

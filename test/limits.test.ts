@@ -13,7 +13,6 @@
 import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { MemoryBudget } from '../src/budget.js';
-import { CallProcessor } from '../src/stream.js';
 import type { Outcome } from './envoy/emulator.js';
 import {
   DEPLOYMENT_PATH,
@@ -27,6 +26,8 @@ import {
   staticEnvoy,
   startTestServer,
   type TestServer,
+  upstreamOf,
+  peakHeld,
 } from './support/harness.js';
 
 const KiB = 1024;
@@ -48,12 +49,6 @@ function generation(size: number): { body: string; fixed: string } {
   const fixed = `{"prompt":"${'p'.repeat(size)}","n":1}`;
   return { body: `${fixed.slice(0, -1)},"model":"gpt-image-2-1"}`, fixed };
 }
-
-function upstreamOf(outcome: Outcome) {
-  if (outcome.kind !== 'upstream') throw new Error(`expected the request to reach Azure, got ${outcome.kind}: ${JSON.stringify(outcome).slice(0, 300)}`);
-  return outcome.upstream;
-}
-
 /** The request_body_mode the server asked for at request headers, or undefined for none. */
 function overrideOf(outcome: Outcome): string | undefined {
   const answer = outcome.transcript.find((entry) => entry.direction === 'server->envoy' && entry.kind === 'request_headers');
@@ -399,21 +394,6 @@ describe('limits.globalHeldBytes covers what streaming editors hold back', () =>
     return multipartRequest(EDITS_PATH, 'hold', parts);
   };
 
-  /** Largest heldBytes() after any message the server handled while `run` was in flight. */
-  async function peakHeld<T>(server: TestServer, run: () => Promise<T>): Promise<{ value: T; peak: number }> {
-    let peak = 0;
-    const handle = CallProcessor.prototype.handle;
-    const spy = vi.spyOn(CallProcessor.prototype, 'handle').mockImplementation(function (this: CallProcessor, message) {
-      const answered = handle.call(this, message);
-      peak = Math.max(peak, server.server.heldBytes());
-      return answered;
-    });
-    try {
-      return { value: await run(), peak };
-    } finally {
-      spy.mockRestore();
-    }
-  }
 
   test('no room to hold a 200 KiB model part (64 KiB of room), overLimit forward: held bytes stay within the budget, body forwarded unchanged', async () => {
     const server = await serverWith({ globalHeldBytes: 64 * KiB });

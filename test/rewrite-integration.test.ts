@@ -2,7 +2,16 @@
 // body mutations (route cache, mutation rules, content-length), and what reaches Azure.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { Outcome } from './envoy/emulator.js';
-import { header, jsonRequest, multipartRequest, recommendedEnvoy, staticEnvoy, startTestServer, type TestServer } from './support/harness.js';
+import {
+  header,
+  jsonRequest,
+  multipartRequest,
+  recommendedEnvoy,
+  staticEnvoy,
+  startTestServer,
+  type TestServer,
+  upstreamOf,
+} from './support/harness.js';
 
 let server: TestServer;
 beforeAll(async () => {
@@ -11,12 +20,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await server.close();
 });
-
-function upstreamOf(outcome: Outcome) {
-  if (outcome.kind !== 'upstream') throw new Error(`expected upstream, got ${outcome.kind}: ${JSON.stringify(outcome).slice(0, 300)}`);
-  return outcome.upstream;
-}
-
 async function through(config: Record<string, unknown>, request: Parameters<ReturnType<typeof recommendedEnvoy>['request']>[0], envoyOptions = {}): Promise<Outcome> {
   server.setConfig(config);
   const envoy = recommendedEnvoy(server.target, envoyOptions);

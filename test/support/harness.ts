@@ -1,10 +1,11 @@
 // Starts the real server on loopback for integration tests, and builds Envoy emulators configured the
 // way the README tells users to configure Envoy.
 import pino from 'pino';
+import { vi } from 'vitest';
 import { buildConfig, type Config } from '../../src/config.js';
 import { startServer, type CallObserver, type RunningServer } from '../../src/server.js';
-import type { CallResult } from '../../src/stream.js';
-import { EnvoyEmulator, type EmulatorOptions } from '../envoy/emulator.js';
+import { CallProcessor, type CallResult } from '../../src/stream.js';
+import { EnvoyEmulator, type EmulatorOptions, type Outcome, type UpstreamRequest } from '../envoy/emulator.js';
 
 export interface TestServer {
   server: RunningServer;
@@ -140,4 +141,33 @@ export function binary(length: number, seed = 1): Buffer {
 
 export function header(list: Array<[string, string]>, name: string): string | undefined {
   return list.find(([key]) => key === name)?.[1];
+}
+
+/** The request as it reached the upstream (Azure); fails the test with the outcome otherwise. */
+export function upstreamOf(outcome: Outcome): UpstreamRequest {
+  if (outcome.kind !== 'upstream') throw new Error(`expected the request to reach Azure, got ${outcome.kind}: ${JSON.stringify(outcome).slice(0, 400)}`);
+  return outcome.upstream;
+}
+
+/** The server's answers in the emulator's transcript, optionally of one kind (e.g. 'request_body'). */
+export function serverAnswers(outcome: Outcome, kind?: string): Array<Record<string, unknown>> {
+  return outcome.transcript
+    .filter((entry) => entry.direction === 'server->envoy' && (kind === undefined || entry.kind === kind))
+    .map((entry) => entry.message as Record<string, unknown>);
+}
+
+/** The largest heldBytes() after any message the server handled while `run` was in flight. */
+export async function peakHeld<T>(server: TestServer, run: () => Promise<T>): Promise<{ value: T; peak: number }> {
+  let peak = 0;
+  const handle = CallProcessor.prototype.handle;
+  const spy = vi.spyOn(CallProcessor.prototype, 'handle').mockImplementation(function (this: CallProcessor, message) {
+    const answered = handle.call(this, message);
+    peak = Math.max(peak, server.server.heldBytes());
+    return answered;
+  });
+  try {
+    return { value: await run(), peak };
+  } finally {
+    spy.mockRestore();
+  }
 }
