@@ -481,16 +481,26 @@ export class CallProcessor {
       candidate.bytesOut += message.body.length;
       return body.mode === 'FULL_DUPLEX_STREAMED' ? [streamedBodyResponse('request', message.body, message.end_of_stream)] : [bodyResponse('request')];
     }
-    let released = editor.push(message.body);
-    if (ends) {
-      released = Buffer.concat([released, editor.end()]);
-      body.ended = true;
-    }
-    if (!this.reserveHold(editor.heldBytes)) {
+    let released: Buffer;
+    let overLimit = false;
+    if (editor !== PASS_THROUGH && candidate.bytesIn > this.config.limits.maxBodyBytes) {
+      // A body of unannounced size that grows past limits.maxBodyBytes is over the limit like an announced
+      // one: editing stops before this chunk and what the editor holds goes on as it came.
+      released = Buffer.concat([editor.end(), message.body]);
+      overLimit = true;
+    } else {
+      released = editor.push(message.body);
+      if (ends) released = Buffer.concat([released, editor.end()]);
       // limits.globalHeldBytes covers held-back bytes too (a huge `model` is held whole, up to the
-      // editor's cap): without room, editing stops and what is held goes on as it came (bytes already
-      // released stay as they were sent).
-      released = Buffer.concat([released, editor.end()]);
+      // editor's cap): without room, editing stops and what is held goes on as it came.
+      if (!this.reserveHold(editor.heldBytes)) {
+        released = Buffer.concat([released, editor.end()]);
+        overLimit = true;
+      }
+    }
+    if (ends) body.ended = true;
+    if (overLimit) {
+      // Bytes already released stay as they were sent.
       this.reserveHold(0);
       body.editor = PASS_THROUGH;
       const rejection = this.overLimitRejection();

@@ -9,7 +9,8 @@
 //   editors hold back is reserved as it grows; without room editing stops (same policy).
 // - maxMessageBytes: a whole body announced larger than one ext_proc message gets the same policy.
 // - Reservations last while the server holds the body, not while Azure works on the request.
-// Not covered by maxBodyBytes: a streamed body of unknown length (held back bytes only, no whole body).
+// - A streamed body of unknown length that grows past maxBodyBytes: editing stops there (forward: the
+//   rest passes as it comes; reject: 413 while the body is still arriving).
 import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { MemoryBudget } from '../src/budget.js';
@@ -162,6 +163,38 @@ describe('limits.maxBodyBytes with overLimit forward (the default policy)', () =
       expect(result).toMatchObject({ kind: 'passed', reason: 'too_large' });
     } finally {
       envoy.close();
+    }
+  });
+});
+
+describe('limits.maxBodyBytes on streamed bodies of unknown length', () => {
+  test('forward: a model after the limit stays, the body reaches Azure whole', async () => {
+    const server = await serverWith({ maxBodyBytes: 256 * KiB });
+    const filler = 'x'.repeat(300 * KiB);
+    const body = `{"prompt":"${filler}","model":"gpt-image-2-1"}`;
+    const request = jsonRequest(DEPLOYMENT_PATH, body);
+    const envoy = staticEnvoy(server.target, 'STREAMED');
+    try {
+      const { outcome, result } = await withResult(server, () =>
+        envoy.request({ headers: request.headers.filter(([key]) => key !== 'content-length'), body: frames(request.body, 64 * KiB) }),
+      );
+      expect(upstreamOf(outcome).body.toString()).toBe(body);
+      expect(result).toMatchObject({ kind: 'passed', reason: 'too_large' });
+    } finally {
+      envoy.close();
+      await server.close();
+    }
+  });
+
+  test('reject: 413 in Azure error shape once the body passes the limit', async () => {
+    const server = await serverWith({ maxBodyBytes: 256 * KiB, overLimit: 'reject' });
+    const request = jsonRequest(DEPLOYMENT_PATH, `{"prompt":"${'x'.repeat(300 * KiB)}","model":"m"}`);
+    const envoy = staticEnvoy(server.target, 'STREAMED');
+    try {
+      expectAzure413(await envoy.request({ headers: request.headers.filter(([key]) => key !== 'content-length'), body: frames(request.body, 64 * KiB) }));
+    } finally {
+      envoy.close();
+      await server.close();
     }
   });
 });
