@@ -133,7 +133,13 @@ export const ConfigSchema = z
     /** Dynamic metadata namespace for access logs; unset = none sent. Envoy must list it in receiving_namespaces. */
     metadataNamespace: z.string().regex(/^[A-Za-z0-9_.-]+$/).optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((config, context) => {
+    // A body asked for BUFFERED arrives as one ext_proc message; it must fit with room for framing.
+    if (config.streamThresholdBytes >= config.maxMessageBytes) {
+      context.addIssue({ code: 'custom', path: ['streamThresholdBytes'], message: 'must be below maxMessageBytes (a buffered body is one ext_proc message)' });
+    }
+  });
 
 export type Config = Readonly<z.infer<typeof ConfigSchema>>;
 

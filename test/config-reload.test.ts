@@ -122,12 +122,12 @@ describe('configuration reload', () => {
 
   it('keeps listener keys until a restart, with a warning, and applies the rest', async () => {
     const path = join(dir, 'config.yaml');
-    writeFileSync(path, 'listen: 127.0.0.1:6000\nmaxMessageBytes: 1000\nlogLevel: info\n');
+    writeFileSync(path, 'listen: 127.0.0.1:6000\nmaxMessageBytes: 2000000\nlogLevel: info\n');
     const { watcher } = start(path);
 
-    writeFileSync(path, 'listen: 127.0.0.1:7000\nmaxMessageBytes: 2000\nadminListen: 127.0.0.1:9000\nlogLevel: warn\n');
+    writeFileSync(path, 'listen: 127.0.0.1:7000\nmaxMessageBytes: 3000000\nadminListen: 127.0.0.1:9000\nlogLevel: warn\n');
     await eventually(() => expect(watcher.current().logLevel).toBe('warn'));
-    expect(watcher.current()).toMatchObject({ listen: '127.0.0.1:6000', maxMessageBytes: 1000 });
+    expect(watcher.current()).toMatchObject({ listen: '127.0.0.1:6000', maxMessageBytes: 2000000 });
     expect(watcher.current().adminListen).toBeUndefined();
     expect(logged().find((entry) => entry.level === 40)).toMatchObject({
       file: path,

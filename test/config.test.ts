@@ -169,3 +169,10 @@ describe('examples/config.yaml', () => {
     expect(() => loadConfigFrom({ env: {}, file: file(uncommented) })).not.toThrow();
   });
 });
+
+describe('cross-key rules', () => {
+  it('refuses a stream threshold that would not fit one ext_proc message', () => {
+    expect(() => buildConfig({ streamThresholdBytes: 64 * 1024 * 1024 })).toThrow(/streamThresholdBytes: must be below maxMessageBytes/);
+    expect(buildConfig({ streamThresholdBytes: 32 * 1024 * 1024 }).streamThresholdBytes).toBe(32 * 1024 * 1024);
+  });
+});
