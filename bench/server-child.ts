@@ -30,6 +30,8 @@ export interface LatencySummary {
 export interface ChildSample {
   rssBytes: number;
   heapUsedBytes: number;
+  /** Heap V8 has reserved (live objects plus the young generation and free space it keeps). */
+  heapTotalBytes: number;
   /** Highest RSS seen by a 20 ms sampler. */
   peakRssBytes: number;
   /** User + system CPU time. */
@@ -129,6 +131,7 @@ process.on('message', async (request: ChildRequest) => {
         id: request.id,
         rssBytes: memory.rss,
         heapUsedBytes: memory.heapUsed,
+        heapTotalBytes: memory.heapTotal,
         peakRssBytes: Math.max(peakRss, memory.rss),
         cpuMicros: cpu.user + cpu.system,
         calls,
