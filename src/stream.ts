@@ -434,7 +434,8 @@ export class CallProcessor {
       body = inflated;
     }
     const outcome: EditOutcome =
-      candidate.bodyKind === 'json' ? editJson(body, plan.rules) : editMultipart(body, candidate.boundary!, plan.rules);
+      // The body was decoded from this call's gRPC message and is not read again: edit it in place.
+      candidate.bodyKind === 'json' ? editJson(body, plan.rules, { inPlace: true }) : editMultipart(body, candidate.boundary!, plan.rules, { inPlace: true });
     if (outcome.kind === 'unchanged' && plan.pathFromModel) {
       // The route names no deployment and the body has no `model` to name one: say so (400), as Azure would.
       const missing = pathFromBody(plan, this.config, [], candidate.bodyKind);

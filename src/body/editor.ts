@@ -50,13 +50,24 @@ export abstract class ByteEditor implements StreamEditor {
     return join(this.sink.release());
   }
 
-  /** Edits a whole body in one pass; returns the edited bytes, or null when the outcome is not `edited`. */
-  editAll(body: Buffer): Buffer | null {
+  /**
+   * Edits a whole body in one pass; returns the edited bytes, or null when the outcome is not `edited`.
+   * `inPlace`: the kept bytes are moved down inside `body` and a view of it is returned (no new buffer of
+   * the body's size, no page faults on fresh memory); `body` no longer holds the original then.
+   */
+  editAll(body: Buffer, inPlace = false): Buffer | null {
     this.take(body, false);
     const pieces = this.sink.release();
     this.finishBody();
     if (this.outcome !== 'edited') return null;
-    return join([...pieces, ...this.sink.release()]);
+    const all = [...pieces, ...this.sink.release()];
+    if (inPlace) {
+      // touched values are views into `body` too: detach them before their bytes are overwritten.
+      for (const field of this.touched) field.value = Buffer.from(field.value);
+      const compacted = compactInto(body, all);
+      if (compacted) return compacted;
+    }
+    return join(all);
   }
 
   /** Scans a chunk; `copyHeld`: copy held bytes out of it, as a streaming caller may reuse its buffer. */
@@ -113,10 +124,30 @@ export function editInChunks(editor: StreamEditor, chunks: Iterable<Buffer>): Bu
 }
 
 /** Runs an incremental editor over a whole body. */
-export function editWhole(editor: ByteEditor, body: Buffer): EditOutcome {
-  const edited = editor.editAll(body);
+export function editWhole(editor: ByteEditor, body: Buffer, inPlace = false): EditOutcome {
+  const edited = editor.editAll(body, inPlace);
   if (edited !== null) return { kind: 'edited', body: edited, touched: [...editor.touched] };
   return editor.outcome === 'invalid' ? { kind: 'invalid', reason: editor.reason } : { kind: 'unchanged' };
+}
+
+/**
+ * Moves `pieces`, in order, to the start of `body`, when every piece is a view of `body` (no replacement
+ * bytes from elsewhere): each piece then starts at or after the place it moves to, so copyWithin never
+ * overwrites bytes still to be moved. Returns null when some piece is not a view of `body`.
+ */
+function compactInto(body: Buffer, pieces: Buffer[]): Buffer | null {
+  const start = body.byteOffset;
+  const end = start + body.length;
+  for (const piece of pieces) {
+    if (piece.length > 0 && (piece.buffer !== body.buffer || piece.byteOffset < start || piece.byteOffset + piece.length > end)) return null;
+  }
+  let target = 0;
+  for (const piece of pieces) {
+    const from = piece.byteOffset - start;
+    if (from !== target) body.copyWithin(target, from, from + piece.length);
+    target += piece.length;
+  }
+  return body.subarray(0, target);
 }
 
 /** One buffer of `pieces`, copying only when there is more than one. */

@@ -1,4 +1,4 @@
-export type { EditOutcome, FieldRule, FieldRules, MemberAction, StreamEditor, TouchedField } from './types.js';
+export type { EditOutcome, FieldRule, FieldRules, MemberAction, StreamEditor, TouchedField, WholeEditOptions } from './types.js';
 export { editJson, createJsonEditor } from './json.js';
 export { parseBoundary, editMultipart, createMultipartEditor } from './multipart.js';
 export { classifyBody, type BodyKind } from './content-type.js';

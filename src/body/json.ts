@@ -12,7 +12,7 @@
 // "," or "}" because it belongs to a separator that may go.
 import { EMPTY, Utf8Stream, describeByte, hasControlByte } from './bytes.js';
 import { ByteEditor, editWhole, effectiveAction, type StreamEditorOptions } from './editor.js';
-import type { EditOutcome, FieldRule, FieldRules, StreamEditor } from './types.js';
+import type { EditOutcome, FieldRule, FieldRules, StreamEditor, WholeEditOptions } from './types.js';
 
 // Parser states. T_* are top-level positions, V_* positions inside a nested value.
 const T_BOM = 0; // at the start: an optional UTF-8 byte order mark
@@ -445,9 +445,12 @@ class JsonEditor extends ByteEditor {
   }
 }
 
-/** Applies `rules` to the top-level members of a JSON object body. */
-export function editJson(body: Buffer, rules: FieldRules): EditOutcome {
-  return editWhole(new JsonEditor(rules, { maxHeldBytes: Infinity }), body);
+/**
+ * Applies `rules` to the top-level members of a JSON object body. With `inPlace` (for a caller that owns
+ * `body` and will not read it again) an edited body is returned as a view of `body`, rewritten in place.
+ */
+export function editJson(body: Buffer, rules: FieldRules, options: WholeEditOptions = {}): EditOutcome {
+  return editWhole(new JsonEditor(rules, { maxHeldBytes: Infinity }), body, options.inPlace);
 }
 
 /** The incremental form of editJson: same bytes for every way of cutting the body into chunks. */

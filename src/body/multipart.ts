@@ -12,7 +12,7 @@
 import { describeByte } from './bytes.js';
 import { ByteEditor, editWhole, effectiveAction, type StreamEditorOptions } from './editor.js';
 import { parseHeaderValue } from './params.js';
-import type { EditOutcome, FieldRule, FieldRules, StreamEditor } from './types.js';
+import type { EditOutcome, FieldRule, FieldRules, StreamEditor, WholeEditOptions } from './types.js';
 
 // RFC 2046 §5.1.1: bchars, 1..70 of them, not ending in a space.
 const BOUNDARY = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
@@ -287,8 +287,8 @@ function partName(block: Buffer): string | null | Error {
 }
 
 /** Applies `rules` to the parts of a multipart/form-data body, matched by their form-data name. */
-export function editMultipart(body: Buffer, boundary: string, rules: FieldRules): EditOutcome {
-  return editWhole(new MultipartEditor(boundary, rules, { maxHeldBytes: Infinity }), body);
+export function editMultipart(body: Buffer, boundary: string, rules: FieldRules, options: WholeEditOptions = {}): EditOutcome {
+  return editWhole(new MultipartEditor(boundary, rules, { maxHeldBytes: Infinity }), body, options.inPlace);
 }
 
 /** The incremental form of editMultipart: same bytes for every way of cutting the body into chunks. */

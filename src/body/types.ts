@@ -34,3 +34,11 @@ export interface StreamEditor {
    */
   readonly complete: boolean;
 }
+
+export interface WholeEditOptions {
+  /**
+   * Reuse the input buffer for the output: the edited body is a view of it and the input no longer holds
+   * the original. Only for a caller that owns the buffer and will not read it again.
+   */
+  inPlace?: boolean;
+}
