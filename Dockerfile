@@ -47,4 +47,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["nod
 # gets no default signal handlers from the kernel, but the server installs its own for SIGTERM/SIGINT
 # (health NOT_SERVING, drain, exit), and it starts no child processes, so an init like tini has
 # nothing to reap. `docker run --init` remains available if you add any.
-ENTRYPOINT ["node", "dist/main.js"]
+# --max-semi-space-size=2 (MiB), as in `npm start`: most garbage here is 64 KiB body buffers outside the
+# JS heap, freed when a scavenge collects their wrappers; a small young generation scavenges often enough
+# to keep a 100 MiB streamed edit within ~26 MiB of RSS growth (BENCHMARKS.md), and keeps Node 24 from
+# reserving ~130 MiB more heap under load.
+ENTRYPOINT ["node", "--max-semi-space-size=2", "dist/main.js"]

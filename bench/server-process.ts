@@ -2,6 +2,7 @@
 // runs a tsc build of it on plain `node` (as in production: tsx's loader thread alone adds ~40 MiB RSS);
 // the tests run the source through tsx, where only differences in memory matter.
 import { execFile, fork, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { access, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +11,11 @@ import type { ChildMessage, ChildRequest, ChildSample, ServerKind } from './serv
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BUILD = join(ROOT, 'node_modules', '.cache', 'azure-image-extproc-bench');
+
+/** The Node flags of the production command: `npm start` (`node <flags> dist/main.js`), which the image copies. */
+export const PRODUCTION_NODE_FLAGS: string[] = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start
+  .split(' ')
+  .filter((word) => word.startsWith('--'));
 
 /**
  * Compiles bench/server-child.ts and what it imports into node_modules/.cache with tsc, so the servers
@@ -68,10 +74,11 @@ export class ServerProcess {
 
   /** The TypeScript source through tsx, for tests (no build step). */
   static fromSource(kind: ServerKind): Promise<ServerProcess> {
-    return ServerProcess.start(join(ROOT, 'bench', 'server-child.ts'), kind, ['--import', 'tsx']);
+    return ServerProcess.start(join(ROOT, 'bench', 'server-child.ts'), kind, [...PRODUCTION_NODE_FLAGS, '--import', 'tsx']);
   }
 
-  static start(entry: string, kind: ServerKind, execArgv: string[] = []): Promise<ServerProcess> {
+  /** `execArgv`: Node flags; by default those of the production command (`npm start`, the image). */
+  static start(entry: string, kind: ServerKind, execArgv: string[] = PRODUCTION_NODE_FLAGS): Promise<ServerProcess> {
     const child = fork(entry, [kind], { execArgv: ['--expose-gc', ...execArgv], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     return new Promise((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`${kind} server exited with ${code} before it was ready`)));

@@ -140,7 +140,10 @@ describe('Dockerfile', () => {
     expect(runtime).toContain('ENV NODE_ENV=production');
     const user = runtime.find((l) => l.startsWith('USER '))!;
     expect(user).toMatch(/^USER [1-9]\d*:[1-9]\d*$/);
-    expect(runtime.at(-1)).toBe('ENTRYPOINT ["node", "dist/main.js"]');
+    // The image runs node exactly as `npm start` does (same V8 flags), without npm.
+    const start = (JSON.parse(read('package.json')) as { scripts: { start: string } }).scripts.start.split(' ');
+    expect(start[0]).toBe('node');
+    expect(runtime.at(-1)).toBe(`ENTRYPOINT ${JSON.stringify(start).replace(/,/g, ', ')}`);
     expect(runtime.some((l) => /^(CMD|ENTRYPOINT).*npm/.test(l))).toBe(false);
     expect(runtime.find((l) => l.startsWith('HEALTHCHECK'))).toMatch(/ CMD \["node", "dist\/healthcheck\.js"\]$/);
     expect(runtime).toContain('EXPOSE 50051');
