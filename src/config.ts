@@ -12,7 +12,7 @@ const LimitsSchema = z
     /** Largest request body the server edits; larger ones are forwarded unchanged or rejected. */
     maxBodyBytes: byteSize.default(256 * MiB),
     /** Bytes all calls together may hold in memory (buffered bodies, held-back stream bytes). */
-    globalHeldBytes: byteSize.default(512 * MiB),
+    globalHeldBytes: byteSize.default(256 * MiB),
     /** `forward`: pass over-limit bodies through unchanged (counted, logged); `reject`: answer 413. */
     overLimit: z.enum(['forward', 'reject']).default('forward'),
     /** Largest decompressed size of a gzip/deflate/br body the server will inflate to edit. */
