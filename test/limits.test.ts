@@ -28,8 +28,8 @@ import {
   startTestServer,
   type TestServer,
   upstreamOf,
-  peakHeld,
 } from './support/harness.js';
+import { peakHeld } from './support/peak-held.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -1,10 +1,9 @@
 // Starts the real server on loopback for integration tests, and builds Envoy emulators configured the
 // way the README tells users to configure Envoy.
 import pino from 'pino';
-import { vi } from 'vitest';
 import { buildConfig, type Config } from '../../src/config.js';
 import { startServer, type CallObserver, type RunningServer } from '../../src/server.js';
-import { CallProcessor, type CallResult } from '../../src/stream.js';
+import type { CallResult } from '../../src/stream.js';
 import { EnvoyEmulator, type EmulatorOptions, type Outcome, type UpstreamRequest } from '../envoy/emulator.js';
 
 export interface TestServer {
@@ -154,20 +153,4 @@ export function serverAnswers(outcome: Outcome, kind?: string): Array<Record<str
   return outcome.transcript
     .filter((entry) => entry.direction === 'server->envoy' && (kind === undefined || entry.kind === kind))
     .map((entry) => entry.message as Record<string, unknown>);
-}
-
-/** The largest heldBytes() after any message the server handled while `run` was in flight. */
-export async function peakHeld<T>(server: TestServer, run: () => Promise<T>): Promise<{ value: T; peak: number }> {
-  let peak = 0;
-  const handle = CallProcessor.prototype.handle;
-  const spy = vi.spyOn(CallProcessor.prototype, 'handle').mockImplementation(function (this: CallProcessor, message) {
-    const answered = handle.call(this, message);
-    peak = Math.max(peak, server.server.heldBytes());
-    return answered;
-  });
-  try {
-    return { value: await run(), peak };
-  } finally {
-    spy.mockRestore();
-  }
 }
