@@ -394,15 +394,9 @@ export class CallProcessor {
     if (!message.end_of_stream && body.mode !== 'BUFFERED') {
       return this.leaveBody(candidate, message, body.mode === 'BUFFERED_PARTIAL' ? 'partial_body' : 'body_mode_unknown');
     }
-    if (message.body.length > this.config.limits.maxBodyBytes) {
-      candidate.bytesOut += message.body.length;
-      const rejection = this.overLimitRejection();
-      if (rejection) return [this.reject(rejection, candidate.plan.route)];
-      this.pass('too_large', candidate.plan.route);
-      return [bodyResponse('request', undefined, this.metadata())];
-    }
-    // A body of unannounced size was not reserved at headers time: it is in memory now, so account for it.
-    if (this.reservedBytes === 0 && !this.reserve(message.body.length)) {
+    // Over maxBodyBytes, or (a body of unannounced size, not reserved at headers time, is in memory now)
+    // no room for it in the global budget: the overLimit policy.
+    if (message.body.length > this.config.limits.maxBodyBytes || (this.reservedBytes === 0 && !this.reserve(message.body.length))) {
       const rejection = this.overLimitRejection();
       if (rejection) return [this.reject(rejection, candidate.plan.route)];
       return this.leaveBody(candidate, message, 'too_large');
