@@ -17,6 +17,7 @@ export const RESTART_KEYS = [
   'healthListen',
   'adminListen',
   'socketMode',
+  'tls',
   'maxMessageBytes',
   'http2StreamResetBurst',
   'http2StreamResetRate',
@@ -100,7 +101,8 @@ export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
       return refuse();
     }
 
-    const pinned = RESTART_KEYS.filter((key) => next[key] !== snapshot[key]);
+    // By value: `tls` is an object, rebuilt by every reload.
+    const pinned = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(snapshot[key]));
     if (pinned.length > 0) {
       logger.warn({ file, keys: pinned }, 'listener settings changed: they take effect after a restart; running with the current values');
       next = Object.freeze({ ...next, ...Object.fromEntries(pinned.map((key) => [key, snapshot[key]])) });

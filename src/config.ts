@@ -98,6 +98,23 @@ const CredentialsSchema = z
   })
   .strict();
 
+/**
+ * TLS on the ext_proc listener (`listen`), with mutual TLS when `clientCaFile` is set. The files are
+ * re-read every `reloadIntervalMs`, so a renewed certificate applies to new connections without a restart.
+ * The health-only listener stays plaintext: kubelet gRPC probes do not speak TLS.
+ */
+const TlsSchema = z
+  .object({
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+    /** CA bundle that client certificates must chain to: turns on mutual TLS. */
+    clientCaFile: z.string().min(1).optional(),
+    /** With clientCaFile: refuse clients without a certificate (false: verify one only if presented). */
+    requireClientCert: z.boolean().default(true),
+    reloadIntervalMs: z.coerce.number().int().min(100).default(60_000),
+  })
+  .strict();
+
 export const ConfigSchema = z
   .object({
     /** ext_proc + grpc.health.v1 listener: `host:port` or `unix:/path`. */
@@ -106,6 +123,8 @@ export const ConfigSchema = z
     healthListen: z.string().min(1).optional(),
     /** Optional HTTP admin listener (`/healthz`, `/readyz`, `/metrics`). */
     adminListen: z.string().min(1).optional(),
+    /** TLS (and mTLS) on the ext_proc listener; plaintext when absent. */
+    tls: TlsSchema.optional(),
     /** File mode of a unix socket listener, e.g. 0o660. */
     socketMode: z.number().int().min(0).max(0o777).optional(),
     /** Largest ext_proc message accepted or sent; Envoy sends whole BUFFERED bodies in one message. */

@@ -1,6 +1,7 @@
 // The gRPC server: one Process() call per HTTP request, the health service on the same port, and the
 // transport facts Envoy depends on (message size, HTTP/2 reset guard, stream close).
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { chmod, lstat, readFile, unlink } from 'node:fs/promises';
+import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Config } from './config.js';
@@ -85,9 +86,42 @@ async function removeStaleSocket(address: string): Promise<void> {
   }
 }
 
-function bind(server: grpc.Server, address: string): Promise<number> {
+function bind(server: grpc.Server, address: string, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port)));
+    server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port)));
+  });
+}
+
+/**
+ * TLS (mTLS with a client CA) from files that grpc-js's own FileWatcherCertificateProvider re-reads every
+ * reloadIntervalMs: new connections get a renewed certificate without a restart. The files are checked
+ * once here (a missing file or a key that does not match its certificate stops the start with a clear
+ * error), and the provider's first read is awaited: grpc-js drops connections until it has one.
+ */
+async function tlsCredentials(tls: NonNullable<Config['tls']>): Promise<grpc.ServerCredentials> {
+  const [cert, key, ca] = await Promise.all([readFile(tls.certFile), readFile(tls.keyFile), tls.clientCaFile ? readFile(tls.clientCaFile) : undefined]);
+  createSecureContext({ cert, key, ...(ca ? { ca } : {}) });
+
+  const refreshIntervalMs = tls.reloadIntervalMs;
+  const identity = new grpc.experimental.FileWatcherCertificateProvider({ certificateFile: tls.certFile, privateKeyFile: tls.keyFile, refreshIntervalMs });
+  const clientCa = tls.clientCaFile
+    ? new grpc.experimental.FileWatcherCertificateProvider({ caCertificateFile: tls.clientCaFile, refreshIntervalMs })
+    : null;
+  await Promise.all([firstUpdate(identity, 'identity'), ...(clientCa ? [firstUpdate(clientCa, 'ca')] : [])]);
+  // grpc-js 1.14 names this function's parameters (ca, identity) but uses them as (identity, ca).
+  return grpc.experimental.createCertificateProviderServerCredentials(identity, clientCa, clientCa !== null && tls.requireClientCert);
+}
+
+/** Resolves once `provider` has read its files; the provider keeps its result for the server's listener. */
+function firstUpdate(provider: grpc.experimental.CertificateProvider, kind: 'identity' | 'ca'): Promise<void> {
+  return new Promise((resolve) => {
+    const listener = (): void => {
+      if (kind === 'identity') provider.removeIdentityCertificateListener(listener);
+      else provider.removeCaCertificateListener(listener);
+      resolve();
+    };
+    if (kind === 'identity') provider.addIdentityCertificateListener(listener);
+    else provider.addCaCertificateListener(listener);
   });
 }
 
@@ -205,7 +239,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   server.addService(extProcService().service, { Process: handleCall });
 
   await removeStaleSocket(config.listen);
-  const port = await bind(server, config.listen);
+  const port = await bind(server, config.listen, config.tls ? await tlsCredentials(config.tls) : undefined);
   if (config.listen.startsWith('unix:') && config.socketMode !== undefined) {
     await chmod(config.listen.slice('unix:'.length), config.socketMode);
   }

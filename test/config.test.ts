@@ -159,8 +159,8 @@ describe('examples/config.yaml', () => {
 
   it('shows every option, the commented-out ones with valid values', () => {
     const paths = schemaPaths();
-    const leafNames = new Set(paths.map((path) => path.split('.').at(-1)!));
-    // Uncomment `# key: value` lines whose key is an option name (prose comments are left alone).
+    const leafNames = new Set(paths.flatMap((path) => path.split('.')));
+    // Uncomment `# key: value` lines whose key is an option or section name (prose comments are left alone).
     const uncommented = text.replace(/^(\s*)# ([A-Za-z]+):/gm, (line, indent: string, key: string) => (leafNames.has(key) ? `${indent}${key}:` : line));
     const values = parse(uncommented) as Record<string, unknown>;
     const at = (path: string): unknown => path.split('.').reduce<unknown>((node, key) => (node as Record<string, unknown> | undefined)?.[key], values);
