@@ -120,6 +120,21 @@ describe.each(['info', 'debug'] as const)('logs at %s', (level) => {
     expect(log).toContain('forwarded unchanged');
     expect(log).toContain('ext_proc call failed');
     expect(leaks(log)).toEqual([]);
+
+    // One structured line per rewritten request: route, deployment, sizes, duration; nothing of the body.
+    const rewritten = lines
+      .flatMap((line) => line.split('\n'))
+      .filter((line) => line.includes('"msg":"request rewritten"'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(rewritten.length).toBeGreaterThan(0);
+    for (const entry of rewritten) {
+      expect(entry).toMatchObject({ level: 30, route: 'deployment', changes: ['model'] });
+      expect(['generations', 'edits']).toContain(entry.operation);
+      expect(typeof entry.deployment).toBe('string');
+      expect(entry.bytesAfter as number).toBeLessThan(entry.bytesBefore as number);
+      expect(typeof entry.durationMs).toBe('number');
+      expect(Object.keys(entry)).not.toContain('body');
+    }
   });
 
   it('redacts credentials and bodies even when a request is logged whole by mistake', () => {
