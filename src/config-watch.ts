@@ -3,7 +3,7 @@
 // snapshot reference. Calls keep the snapshot they started with (the server reads `current()` once per
 // call), so a reload never changes a request half-way.
 import { readFileSync } from 'node:fs';
-import type { Config } from './config.js';
+import { checkConfig, type Config } from './config.js';
 import { ConfigFileError, configFromValues, parseConfigText } from './config-file.js';
 import { watchFile } from './file-watch.js';
 import type { Logger } from './log.js';
@@ -105,7 +105,14 @@ export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
     const pinned = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(snapshot[key]));
     if (pinned.length > 0) {
       logger.warn({ file, keys: pinned }, 'listener settings changed: they take effect after a restart; running with the current values');
-      next = Object.freeze({ ...next, ...Object.fromEntries(pinned.map((key) => [key, snapshot[key]])) });
+      // The running listener values with the new file must still be one valid configuration
+      // (e.g. streamThresholdBytes below the maxMessageBytes in force).
+      const merged = checkConfig({ ...next, ...Object.fromEntries(pinned.map((key) => [key, snapshot[key]])) });
+      if (!merged.ok) {
+        logger.error({ file, problems: merged.problems }, 'configuration file does not fit the running listener settings: keeping the running configuration');
+        return refuse();
+      }
+      next = merged.config;
     }
     const changed = changedKeys(snapshot, next);
     // Editors and the kubelet fire events that change nothing (the first read after start-up, too).

@@ -136,6 +136,18 @@ describe('configuration reload', () => {
     });
   });
 
+  it('refuses a file that only fits listener values it cannot apply before a restart', async () => {
+    const path = join(dir, 'config.yaml');
+    writeFileSync(path, 'maxMessageBytes: 2000000\nstreamThresholdBytes: 1000000\n');
+    const { watcher, reloads } = start(path);
+
+    // Valid on its own (3 MB < 4 MB), but the running maxMessageBytes (2 MB) stays until a restart.
+    writeFileSync(path, 'maxMessageBytes: 4000000\nstreamThresholdBytes: 3000000\nlogLevel: warn\n');
+    await eventually(() => expect(reloads).toHaveBeenCalledWith(false));
+    expect(watcher.current()).toMatchObject({ maxMessageBytes: 2000000, streamThresholdBytes: 1000000, logLevel: 'info' });
+    expect(logged().find((entry) => entry.level === 50)).toMatchObject({ problems: [expect.stringContaining('streamThresholdBytes')] });
+  });
+
   it('lets a call in progress finish with the snapshot it started with', async () => {
     const path = join(dir, 'config.yaml');
     writeFileSync(path, 'streamThresholdBytes: 1048576\n');
