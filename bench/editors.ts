@@ -56,46 +56,40 @@ function median(values: number[]): number {
 }
 
 /**
- * Times `a` and `b` in alternating rounds (after a warm-up for the JIT and the heap) and returns
- * the median of each and of the per-round ratio a/b, so load from other processes and garbage
- * collection weigh on both alike.
+ * Samples `a` and `b` (milliseconds per call each) in alternating rounds, after a warm-up for the JIT and
+ * the heap, and returns the median of each and of the per-round ratio a/b, so load from other processes
+ * and garbage collection weigh on both alike.
  */
-function compare(a: () => unknown, b: () => unknown, rounds = 15): { aMs: number; bMs: number; ratio: number } {
+function alternate(sampleA: () => number, sampleB: () => number, rounds = 15): { aMs: number; bMs: number; ratio: number } {
   for (let i = 0; i < 5; i++) {
-    a();
-    b();
+    sampleA();
+    sampleB();
   }
   const as: number[] = [];
   const bs: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    as.push(timeMs(a, 1, 3));
-    bs.push(timeMs(b, 1, 3));
+    as.push(sampleA());
+    bs.push(sampleB());
   }
   return { aMs: median(as), bMs: median(bs), ratio: median(as.map((value, i) => value / bs[i]!)) };
+}
+
+function compare(a: () => unknown, b: () => unknown): { aMs: number; bMs: number; ratio: number } {
+  return alternate(() => timeMs(a, 1, 3), () => timeMs(b, 1, 3));
 }
 
 /**
  * Like compare, for an `a` that consumes its input (an in-place edit): each timed call gets its own copy
  * of `body`, made before the clock starts, as the server gets a fresh buffer from each gRPC message.
  */
-function compareOwned(body: Buffer, a: (owned: Buffer) => unknown, b: () => unknown, rounds = 15): { aMs: number; bMs: number; ratio: number } {
+function compareOwned(body: Buffer, a: (owned: Buffer) => unknown, b: () => unknown): { aMs: number; bMs: number; ratio: number } {
   const timeOwned = (): number => {
     const copies = [Buffer.from(body), Buffer.from(body), Buffer.from(body)];
     const start = performance.now();
     for (const copy of copies) a(copy);
     return (performance.now() - start) / copies.length;
   };
-  for (let i = 0; i < 5; i++) {
-    timeOwned();
-    b();
-  }
-  const as: number[] = [];
-  const bs: number[] = [];
-  for (let round = 0; round < rounds; round++) {
-    as.push(timeOwned());
-    bs.push(timeMs(b, 1, 3));
-  }
-  return { aMs: median(as), bMs: median(bs), ratio: median(as.map((value, i) => value / bs[i]!)) };
+  return alternate(timeOwned, () => timeMs(b, 1, 3));
 }
 
 function feedChunks(editor: StreamEditor, body: Buffer): number {
