@@ -3,8 +3,7 @@
 // recommended-setup Envoy >= 1.34 sends. Per call it costs the load generator about a third of the full
 // emulation, so one core can drive the server at thousands of calls per second on a two-core machine.
 // Answers are checked against what Envoy would need to apply, not only counted.
-import * as grpc from '@grpc/grpc-js';
-import type { WireProcessingResponse } from '../test/envoy/processor-state.js';
+import type { WireProcessingResponse } from '../src/envoy-model/processor-state.js';
 import { ConnectionPool, type ExtProcStream } from '../test/envoy/grpc-stream.js';
 import { imageHeaders, requestBody, requestHeaders } from '../test/support/extproc-client.js';
 import { imageJson } from './workload.js';
@@ -57,7 +56,7 @@ export class LeanEnvoy {
         resolve(failure);
       };
       const timer = setTimeout(() => done(`no answer within ${this.timeoutMs} ms`), this.timeoutMs);
-      stream = this.pool.start(new grpc.Metadata(), {
+      stream = this.pool.start([], {
         onReceiveMessage: (answer) => {
           const failure = exchanges[step]!.check(answer as WireProcessingResponse);
           if (failure !== undefined || ++step === exchanges.length) return done(failure);

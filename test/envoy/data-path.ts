@@ -8,9 +8,7 @@
 // processing (local replies skip ext_proc since 1.34).
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { EnvoyEmulator } from './emulator.js';
-import type { HeaderList } from './headers.js';
-import type { Outcome, ResponseSpec, UpstreamRequest } from './http-stream.js';
+import type { EnvoyEmulator, HeaderList, Outcome, ResponseSpec, UpstreamRequest } from './emulator.js';
 
 export interface DataPathOptions {
   emulator: EnvoyEmulator;

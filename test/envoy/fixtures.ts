@@ -2,9 +2,9 @@
 // messages, and a scripted (deliberately simple, possibly misbehaving) ext_proc server.
 import * as grpc from '@grpc/grpc-js';
 import { extProcService } from '../../src/proto.js';
-import type { HeaderList } from './headers.js';
+import type { HeaderList } from '../../src/envoy-model/headers.js';
 
-export type { HeaderList } from './headers.js';
+export type { HeaderList } from '../../src/envoy-model/headers.js';
 
 /** First value of a header in a list (names compared case-insensitively). */
 export function getHeader(list: HeaderList, name: string): string | undefined {

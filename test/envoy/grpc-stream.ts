@@ -3,13 +3,11 @@
 // (reference §6.6, client_impl.cc ExternalProcessorStreamImpl::close), and connections retired after
 // max_requests_per_connection streams like an Envoy cluster (P25).
 import * as grpc from '@grpc/grpc-js';
+import type { HeaderList } from '../../src/envoy-model/headers.js';
+import type { SideStreamHandle, StreamEvents, Transport } from '../../src/envoy-model/transport.js';
 import { extProcService } from '../../src/proto.js';
 
-export interface StreamEvents {
-  onReceiveMessage(message: unknown): void;
-  /** The server ended the call: code 0 = OK (Envoy onGrpcClose), otherwise onGrpcError. */
-  onRemoteClose(code: number, details: string): void;
-}
+export type { StreamEvents } from '../../src/envoy-model/transport.js';
 
 type ProcessCall = grpc.ClientDuplexStream<unknown, unknown>;
 
@@ -21,7 +19,7 @@ interface Connection {
 }
 
 /** Connections to the ext_proc cluster. Each connection is one grpc-js channel with its own socket. */
-export class ConnectionPool {
+export class ConnectionPool implements Transport {
   private current: Connection | undefined;
   private readonly all = new Set<Connection>();
   private closed = false;
@@ -34,8 +32,10 @@ export class ConnectionPool {
   /** Number of connections opened so far (including retired ones). */
   connectionsOpened = 0;
 
-  start(metadata: grpc.Metadata, events: StreamEvents): ExtProcStream {
+  start(initialMetadata: HeaderList, events: StreamEvents): ExtProcStream {
     if (this.closed) throw new Error('EnvoyEmulator is closed');
+    const metadata = new grpc.Metadata();
+    for (const [key, value] of initialMetadata) metadata.add(key, value);
     const conn = this.pick();
     conn.started++;
     conn.active++;
@@ -91,7 +91,7 @@ export class ConnectionPool {
   }
 }
 
-export class ExtProcStream {
+export class ExtProcStream implements SideStreamHandle {
   private localClosed = false;
   private remoteClosed = false;
   private pendingWrites = 0;

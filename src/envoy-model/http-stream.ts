@@ -4,13 +4,12 @@
 // The ext_proc logic itself is in filter.ts; this file decides when data "arrives" and what reaches
 // the upstream and the client.
 import { randomUUID } from 'node:crypto';
-import * as grpc from '@grpc/grpc-js';
 import type { BodyArrival, FilterConfig } from './config.js';
 import type { DirectionCallbacks, HeadersStatus, LocalReply, ProcessorState, SideStream } from './filter.js';
 import { ExtProcFilter } from './filter.js';
-import type { ConnectionPool, ExtProcStream } from './grpc-stream.js';
 import type { HeaderList } from './headers.js';
 import { HeaderMap } from './headers.js';
+import type { SideStreamHandle, Transport } from './transport.js';
 
 export type BodyInput = Buffer | string | Array<Buffer | string>;
 
@@ -68,7 +67,7 @@ type Terminal =
 
 export interface StreamSettings {
   config: FilterConfig;
-  pool: ConnectionPool;
+  transport: Transport;
   initialMetadata: HeaderList;
   bodyArrival: BodyArrival;
   hcmHeaders: boolean;
@@ -245,7 +244,7 @@ export class HttpStream {
   private readonly abortController = new AbortController();
   private readonly waiters = new Set<() => void>();
   private fatal: unknown;
-  private sideStream: ExtProcStream | undefined;
+  private sideStream: SideStreamHandle | undefined;
   private upstream: UpstreamRequest | undefined;
   private bodyArrival: BodyArrival;
 
@@ -274,9 +273,7 @@ export class HttpStream {
   }
 
   private openSideStream(initialMetadata: HeaderList): SideStream {
-    const metadata = new grpc.Metadata();
-    for (const [key, value] of initialMetadata) metadata.add(key, value);
-    this.sideStream = this.settings.pool.start(metadata, {
+    this.sideStream = this.settings.transport.start(initialMetadata, {
       onReceiveMessage: (message) => this.event(() => this.filter.onReceiveMessage(message)),
       onRemoteClose: (code, details) => this.event(() => this.filter.onRemoteClose(code, details)),
     });

@@ -1,7 +1,7 @@
 // google.protobuf.Struct <-> plain JS, and the few CEL attributes the emulation can evaluate.
 // protobufjs's bundled google.protobuf.Value uses camelCase members (structValue, stringValue, ...)
 // even with keepCase (reference §1.8, P12); snake_case members would be dropped silently.
-import { loadProtos } from '../../src/proto.js';
+import { loadProtos } from '../proto.js';
 import type { HeaderMap } from './headers.js';
 
 export interface WireValue {

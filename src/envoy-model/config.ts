@@ -30,9 +30,8 @@ export interface PerRouteConfig {
   grpcInitialMetadata?: HeaderList;
 }
 
-export interface EmulatorOptions {
-  /** '127.0.0.1:PORT' or 'unix:/path'. */
-  target: string;
+/** How one Envoy is set up: its ext_proc filter and the parts of the HTTP connection manager around it. */
+export interface ModelOptions {
   /** Emulated Envoy version, 'MAJOR.MINOR' (patch ignored). Default '1.40'. */
   envoyVersion?: string;
   /** Filter-level processing_mode. Default: all fields unset (headers sent, bodies NONE, trailers off). */
@@ -67,8 +66,6 @@ export interface EmulatorOptions {
   maxHeadersKb?: number;
   /** allow_content_length_header (Envoy >= 1.38). */
   allowContentLengthHeader?: boolean;
-  /** Cluster max_requests_per_connection: a new HTTP/2 connection after N streams (P25). */
-  maxRequestsPerConnection?: number;
   /** GrpcService.initial_metadata. */
   initialMetadata?: HeaderList;
   /** Route-level ExtProcPerRoute, chosen from the original request headers. */
@@ -190,7 +187,7 @@ export interface FilterConfig {
   perRoute?: (requestHeaders: HeaderList) => PerRouteConfig | undefined;
 }
 
-export function resolveConfig(options: EmulatorOptions): FilterConfig {
+export function resolveConfig(options: ModelOptions): FilterConfig {
   const features = versionFeatures(options.envoyVersion ?? '1.40');
   const processingMode = fullMode(options.processingMode);
   const usesFullDuplex = [processingMode.requestBodyMode, processingMode.responseBodyMode].includes('FULL_DUPLEX_STREAMED');
