@@ -1,5 +1,5 @@
-export type { EditOutcome, FieldRule, FieldRules, MemberAction, StreamEditor, TouchedField, WholeEditOptions } from './types.js';
+export type { EditOutcome, FieldRule, FieldRules, MemberAction, MultipartPart, StreamEditor, TouchedField, WholeEditOptions } from './types.js';
 export { editJson, createJsonEditor } from './json.js';
-export { parseBoundary, editMultipart, createMultipartEditor } from './multipart.js';
+export { parseBoundary, editMultipart, createMultipartEditor, listMultipartParts } from './multipart.js';
 export { classifyBody, type BodyKind } from './content-type.js';
 export { DEFAULT_MAX_HELD_BYTES, editInChunks } from './editor.js';

@@ -11,8 +11,8 @@
 // whose name has a rule (until its closing delimiter).
 import { describeByte } from './bytes.js';
 import { ByteEditor, editWhole, effectiveAction, type StreamEditorOptions } from './editor.js';
-import { parseHeaderValue } from './params.js';
-import type { EditOutcome, FieldRule, FieldRules, StreamEditor, WholeEditOptions } from './types.js';
+import { parseHeaderValue, trimOws } from './params.js';
+import type { EditOutcome, FieldRule, FieldRules, MultipartPart, StreamEditor, WholeEditOptions } from './types.js';
 
 // RFC 2046 §5.1.1: bchars, 1..70 of them, not ending in a space.
 const BOUNDARY = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
@@ -69,11 +69,15 @@ class MultipartEditor extends ByteEditor {
   private contentOffset = 0; // held offset of a matched part's content
   private name = '';
   private rule: FieldRule | undefined;
+  /** Reading, not editing: every part is held to its end and reported here (see listMultipartParts). */
+  private readonly onPart: ((part: MultipartPart) => void) | undefined;
+  private fields: PartFields = { name: null, headers: '' };
 
-  constructor(boundary: string, rules: FieldRules, options: StreamEditorOptions | undefined) {
+  constructor(boundary: string, rules: FieldRules, options: StreamEditorOptions | undefined, onPart?: (part: MultipartPart) => void) {
     super(options);
     this.rules = rules;
-    this.matching = rules.size > 0;
+    this.onPart = onPart;
+    this.matching = rules.size > 0 || onPart !== undefined;
     this.delimiter = Buffer.from(`\r\n--${boundary}`, 'latin1');
     if (!BOUNDARY.test(boundary)) this.fail('boundary is not a valid RFC 2046 boundary');
   }
@@ -218,15 +222,17 @@ class MultipartEditor extends ByteEditor {
     const read = Buffer.concat(this.headerChunks);
     this.headerChunks = [];
     // The block without its final CRLF CRLF; empty when the delimiter line is followed by a blank line.
-    const name = partName(read.subarray(0, Math.max(0, read.length - 4)));
-    if (name instanceof Error) return this.fail(`${name.message} in the part headers ending at byte ${this.offset + end}`);
-    const rule = name === null ? undefined : this.rules.get(name);
-    if (name === null || rule === undefined) {
+    const fields = partFields(read.subarray(0, Math.max(0, read.length - 4)));
+    if (fields instanceof Error) return this.fail(`${fields.message} in the part headers ending at byte ${this.offset + end}`);
+    const name = fields.name;
+    const rule = this.onPart !== undefined ? KEEP : name === null ? undefined : this.rules.get(name);
+    if (rule === undefined) {
       if (this.matching) this.sink.pass(end);
       return;
     }
     this.where = IN_MATCHED;
-    this.name = name;
+    this.name = name ?? '';
+    this.fields = fields;
     this.rule = rule;
     this.contentOffset = this.sink.heldOffset(end);
   }
@@ -237,6 +243,7 @@ class MultipartEditor extends ByteEditor {
     const dashOffset = this.sink.heldOffset(dashes);
     const held = this.sink.take(end);
     const content = held.subarray(this.contentOffset, dashOffset - 2);
+    this.onPart?.({ ...this.fields, content });
     const change = effectiveAction(this.rule!(content), content);
     if (change === null) {
       this.sink.emit(held.subarray(0, dashOffset));
@@ -255,14 +262,18 @@ class MultipartEditor extends ByteEditor {
   }
 }
 
-/**
- * The form-data name of a part from its header block: null when it has none (or its
- * Content-Disposition is not form-data or cannot be parsed), an Error when the block is not headers.
- */
-function partName(block: Buffer): string | null | Error {
-  if (block.length === 0) return null;
-  // UTF-8, as browsers send non-ASCII names raw (RFC 7578 §5.1.3); only the name is compared.
-  const lines = block.toString('utf8').split('\r\n');
+const KEEP: FieldRule = () => 'keep';
+
+/** What a part's header block says: its form-data name (null when it has none, or its Content-Disposition
+ * is not form-data or cannot be parsed), filename, Content-Type and the block itself. */
+type PartFields = Omit<MultipartPart, 'content'>;
+
+/** The fields of a part from its header block (without the blank line), an Error when it is not headers. */
+function partFields(block: Buffer): PartFields | Error {
+  // UTF-8, as browsers send non-ASCII names raw (RFC 7578 §5.1.3).
+  const headers = block.toString('utf8');
+  if (block.length === 0) return { name: null, headers };
+  const lines = headers.split('\r\n');
   const fields: string[] = [];
   for (const line of lines) {
     if (/[\x00-\x08\x0a-\x1f\x7f]/.test(line)) return new Error('control character in part headers');
@@ -275,15 +286,34 @@ function partName(block: Buffer): string | null | Error {
     }
   }
   let disposition: string | undefined;
+  let contentType: string | undefined;
   for (const field of fields) {
     const header = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*:(.*)$/s.exec(field);
     if (!header) return new Error('malformed part header line');
-    if (disposition === undefined && header[1].toLowerCase() === 'content-disposition') disposition = header[2];
+    const fieldName = header[1].toLowerCase();
+    if (disposition === undefined && fieldName === 'content-disposition') disposition = header[2];
+    if (contentType === undefined && fieldName === 'content-type') contentType = trimOws(header[2]);
   }
-  if (disposition === undefined) return null;
-  const parsed = parseHeaderValue(disposition);
-  if (!parsed || parsed.type !== 'form-data') return null;
-  return parsed.params.find(([param]) => param === 'name')?.[1] ?? null;
+  const result: PartFields = { name: null, headers };
+  if (contentType !== undefined) result.contentType = contentType;
+  const parsed = disposition === undefined ? null : parseHeaderValue(disposition);
+  if (!parsed || parsed.type !== 'form-data') return result;
+  result.name = parsed.params.find(([param]) => param === 'name')?.[1] ?? null;
+  const filename = parsed.params.find(([param]) => param === 'filename')?.[1];
+  if (filename !== undefined) result.filename = filename;
+  return result;
+}
+
+/**
+ * The parts of a whole multipart/form-data body, read by the same scanner the editor uses (so a body
+ * this reads is exactly a body the editor can edit), or undefined when it is malformed (no close
+ * delimiter, a broken delimiter line, header block or part headers). `content` is a view of `body`.
+ */
+export function listMultipartParts(body: Buffer, boundary: string): MultipartPart[] | undefined {
+  const parts: MultipartPart[] = [];
+  const reader = new MultipartEditor(boundary, new Map(), { maxHeldBytes: Infinity }, (part) => parts.push(part));
+  reader.editAll(body);
+  return reader.outcome === 'invalid' ? undefined : parts;
 }
 
 /** Applies `rules` to the parts of a multipart/form-data body, matched by their form-data name. */

@@ -42,3 +42,17 @@ export interface WholeEditOptions {
    */
   inPlace?: boolean;
 }
+
+/** One part of a multipart/form-data body, as listMultipartParts reads it. */
+export interface MultipartPart {
+  /** The form-data name; null when the part has no Content-Disposition: form-data with a name. */
+  name: string | null;
+  /** The Content-Disposition filename parameter, when present. */
+  filename?: string;
+  /** The part's Content-Type header value (whitespace trimmed), when present. */
+  contentType?: string;
+  /** The part's header block as UTF-8 text, lines separated by CRLF, without the blank line that ends it. */
+  headers: string;
+  /** The part's content, byte-exact. */
+  content: Buffer;
+}
