@@ -4,7 +4,7 @@
 // deploy/envoy/run-for-azure.sh run with a stand-in `envoy`.
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -127,13 +127,15 @@ describe('Dockerfile', () => {
 
   it('builds with the lockfile and ships production dependencies only', () => {
     expect(stages.get('build')).toContain('RUN npm ci --no-audit --no-fund');
-    expect(stages.get('build')).toContain('RUN npm run build');
+    // The server, then the Azure stand-in the compose demo runs from the same image.
+    expect(stages.get('build')).toContain('RUN npm run build && npx tsc -p tsconfig.tools.json');
     expect(stages.get('prod-deps')!.some((l) => /^RUN npm ci --omit=dev\b/.test(l))).toBe(true);
     expect(runtime).toContain('COPY --from=prod-deps /app/node_modules ./node_modules');
     expect(runtime).toContain('COPY --from=build /app/dist ./dist');
     expect(runtime).toContain('COPY --from=build /app/proto ./proto'); // src/proto.ts resolves ../proto from dist
     expect(runtime).toContain('COPY package.json ./');
-    expect(runtime.some((l) => /^RUN\b/.test(l))).toBe(false);
+    // One RUN only: the Unix-socket directory, owned by the server's user (a fresh volume copies it).
+    expect(runtime.filter((l) => /^RUN\b/.test(l))).toEqual(['RUN mkdir -p /var/run/extproc && chown 1000:1000 /var/run/extproc']);
   });
 
   it('runs node directly as a numeric non-root user, health-checked over gRPC', () => {
@@ -154,7 +156,7 @@ describe('Dockerfile', () => {
       .split('\n')
       .filter((l) => l && !l.startsWith('#'));
     expect(entries[0]).toBe('*');
-    expect(entries.slice(1).sort()).toEqual(['!package-lock.json', '!package.json', '!proto/', '!src/', '!tsconfig.build.json', '!tsconfig.json']);
+    expect(entries.slice(1).sort()).toEqual(['!package-lock.json', '!package.json', '!proto/', '!src/', '!tools/', '!tsconfig.build.json', '!tsconfig.json', '!tsconfig.tools.json']);
   });
 });
 
@@ -181,7 +183,7 @@ describe('docker-compose.yml (the LiteLLM #26316 demo)', () => {
       expect(services[name].build).toBe('.');
       expect(services[name].image).toMatch(/:local$/);
     }
-    expect(services.azure.entrypoint).toEqual(['node', 'dist/azure-standin.js']);
+    expect(services.azure.entrypoint).toEqual(['node', 'dist/tools/azure-standin.js']);
     expect(services.extproc.entrypoint).toBeUndefined(); // the image's node dist/main.js
   });
 
@@ -228,6 +230,11 @@ describe('docker-compose.yml (the LiteLLM #26316 demo)', () => {
     expect(override.services.envoy.command.slice(0, 2)).toEqual(['/bin/sh', '/deploy/envoy/run-for-azure.sh']);
     expect(override.services.envoy.volumes).toEqual(['./deploy/envoy:/deploy/envoy:ro']);
     expect(override.services.envoy.environment.ENVOY_TEMPLATE).toBe('/etc/envoy/envoy.yaml');
+    // envoy.yaml listens on loopback; LiteLLM reaches Envoy from its own container, so the override opens
+    // the listener inside the project network, while the host still sees it on 127.0.0.1 only.
+    expect(override.services.envoy.environment.ENVOY_LISTEN_ADDRESS).toBe('0.0.0.0');
+    expect(new URL(litellmConfig.model_list[0].litellm_params.api_base).hostname).toBe('envoy');
+    expect(services.envoy.ports).toEqual(['127.0.0.1:10000:10000']);
     expect(override.services.litellm.environment.AZURE_API_KEY).toMatch(/^\$\{AZURE_API_KEY:\?/);
   });
 
@@ -281,6 +288,47 @@ describe('deploy/envoy/run-for-azure.sh', () => {
       expect(result.stdout).toBe('');
     },
   );
+
+  const rendered = () => envoyApi().decodeBootstrapFile(path.join(dir, 'out.yaml')) as Obj;
+  const proxyAddress = () => (rendered().static_resources.listeners as Obj[]).find((l) => l.name === 'azure_egress')!.address.socket_address;
+
+  it.each(['https://myres.openai.azure.com/', 'https://myres.openai.azure.com', 'https://myres.openai.azure.com:443/', 'myres.openai.azure.com/'])(
+    'takes the endpoint as the Azure portal shows it: AZURE_HOST=%s',
+    (given) => {
+      const result = run({ AZURE_HOST: given });
+      expect(result.status, result.stderr).toBe(0);
+      expect(endpointOf(rendered(), 'azure_openai')).toEqual({ socket_address: { address: 'myres.openai.azure.com', port_value: 443 } });
+      expect((cluster(rendered(), 'azure_openai') as Obj).transport_socket.typed_config.sni).toBe('myres.openai.azure.com');
+    },
+  );
+
+  it.each([
+    [{ AZURE_HOST: 'http://myres.openai.azure.com/' }, /AZURE_HOST/],
+    [{ AZURE_HOST: 'https://myres.openai.azure.com/openai/v1' }, /AZURE_HOST/],
+    [{ AZURE_RESOURCE: 'https://myres.openai.azure.com/' }, /AZURE_RESOURCE is the resource name only.*AZURE_HOST=https:\/\/myres/],
+    [{ AZURE_RESOURCE: 'myres', ENVOY_LISTEN_ADDRESS: '0.0.0.0; rm -rf' }, /ENVOY_LISTEN_ADDRESS must be an IPv4 address/],
+  ])('refuses %o with one line naming the variable', (env, message) => {
+    const result = run(env);
+    expect(result.status).toBe(64);
+    expect(result.stdout).toBe('');
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(result.stderr).toMatch(message);
+  });
+
+  it('keeps the proxy listener on loopback unless ENVOY_LISTEN_ADDRESS opens it', () => {
+    for (const template of ['envoy/envoy.yaml', 'envoy/envoy-buffered.yaml', 'envoy/envoy-uds.yaml']) {
+      expect(run({ AZURE_RESOURCE: 'myres' }, template).status).toBe(0);
+      expect(proxyAddress(), template).toEqual({ address: '127.0.0.1', port_value: 10000 });
+    }
+    expect(run({ AZURE_RESOURCE: 'myres', ENVOY_LISTEN_ADDRESS: '0.0.0.0' }).status).toBe(0);
+    expect(proxyAddress()).toEqual({ address: '0.0.0.0', port_value: 10000 });
+    // Only the proxy listener moves: the admin API stays on loopback.
+    expect(rendered().admin.address.socket_address).toEqual({ address: '127.0.0.1', port_value: 9901 });
+    // A template without the loopback listener cannot be opened by mistake either.
+    const demo = run({ AZURE_RESOURCE: 'myres', ENVOY_LISTEN_ADDRESS: '0.0.0.0' }, 'envoy/envoy-demo.yaml');
+    expect(demo.status).toBe(65);
+    expect(demo.stdout).toBe('');
+  });
 });
 
 // ---------------------------------------------------------------------------------------------------
@@ -445,4 +493,64 @@ function renderEnvoyConfigMap(): string {
     block(read('deploy/envoy/run-for-azure.sh')),
     '',
   ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+describe('the suggested admin port (/metrics, /healthz, /readyz)', () => {
+  const ADMIN_PORT = 50053;
+  // Ports that something else commonly holds on the same host, pod or network namespace.
+  const NEIGHBOURS: Array<[number, number, string]> = [
+    [3000, 3000, 'Grafana'],
+    [4000, 4000, 'LiteLLM'],
+    [4317, 4318, 'OpenTelemetry OTLP'],
+    [8080, 8081, 'HTTP servers and proxies'],
+    [8888, 8889, 'OpenTelemetry Collector metrics'],
+    [9090, 9091, 'Prometheus, Pushgateway'],
+    [9093, 9094, 'Alertmanager'],
+    [9100, 9100, 'node exporter'],
+    [9464, 9464, 'OpenTelemetry Prometheus exporter'],
+    [9901, 9902, 'Envoy admin and the probe listener of deploy/k8s'],
+    [10000, 10000, 'the Envoy listener'],
+    [15000, 15090, 'Istio sidecar'],
+    [50051, 50052, 'this server: ext_proc, health-only listener'],
+  ];
+
+  it('collides with no common neighbour', () => {
+    for (const [from, to, who] of NEIGHBOURS) expect(ADMIN_PORT < from || ADMIN_PORT > to, who).toBe(true);
+  });
+
+  it('is the same in compose, the manifests, the example config, the Dockerfile and the docs', () => {
+    const files = [
+      'docker-compose.yml',
+      'Dockerfile',
+      'examples/config.yaml',
+      'README.md',
+      ...['deploy', 'docs'].flatMap((dir) => listFiles(dir).filter((f) => /\.(ya?ml|md)$/.test(f))),
+    ];
+    const patterns = [
+      /EXTPROC_ADMIN_LISTEN["']?\s*[:=,]\s*(?:value:\s*)?["']?[\w.[\]-]*:(\d+)/g,
+      /adminListen:\s*["']?[\w.[\]-]*:(\d+)/g,
+      /name: metrics, containerPort: (\d+)/g,
+      /containerPort: (\d+), name: metrics/g,
+      /prometheus\.io\/port:\s*["']?(\d+)/g,
+      /localhost:(\d+)\/(?:metrics|healthz|readyz)/g,
+      /^# (\d+) HTTP admin/gm,
+      /"127\.0\.0\.1:(\d+):\d+" # \/healthz/g,
+    ];
+    const found: string[] = [];
+    for (const file of files) {
+      for (const pattern of patterns) for (const m of read(file).matchAll(pattern)) found.push(`${file}: ${m[1]}`);
+    }
+    // compose, k8s (two lines), the pool (two lines), the example, the Dockerfile, the README at least.
+    expect(found.length).toBeGreaterThanOrEqual(8);
+    expect(found.filter((f) => !f.endsWith(`: ${ADMIN_PORT}`))).toEqual([]);
+  });
+});
+
+/** Repository-relative paths of the files under `dir` (working tree). */
+function listFiles(dir: string): string[] {
+  return readdirSync(path.join(ROOT, dir), { recursive: true, withFileTypes: true })
+    .filter((entry) => entry.isFile())
+    .map((entry) => path.posix.join(path.relative(ROOT, entry.parentPath).split(path.sep).join('/'), entry.name));
 }

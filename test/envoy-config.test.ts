@@ -1,7 +1,6 @@
 // The shipped Envoy configs (envoy/*.yaml), checked without an Envoy binary:
 // 1. each file decodes strictly against Envoy's own API protos (test/support/envoy-api.ts);
-// 2. the settings a reviewer would check hold (reference: shared/reference/ENVOY-EXTPROC.md §4, §6, §9,
-//    P11, P13, P25; AZURE-IMAGES.md §6 items 13-16);
+// 2. the settings a reviewer would check hold (why each matters: docs/envoy-ext-proc.md and docs/azure-images.md);
 // 3. Envoy's route matching, emulated on the decoded routes, sends exactly the requests the server can
 //    change to ext_proc (cross-checked against src/routes.ts), and skips the rest;
 // 4. the variants differ from envoy.yaml only where they say they do.
@@ -54,7 +53,7 @@ function extProcRuns(config: Obj, method: string, fullPath: string): boolean {
   return extProcRunsFor(config, egress(config).routes, method, fullPath);
 }
 
-// Paths from AZURE-IMAGES.md §2.2 and §6.
+// Paths from docs/azure-images.md#routes and #matching-routes.
 const IMAGE_REQUESTS: Array<[string, string]> = [
   ['POST', '/openai/deployments/gpt-image-2-1/images/generations?api-version=2025-04-01-preview'],
   ['POST', '/openai/deployments/gpt-image-2-1/images/edits?api-version=2025-04-01-preview'],
@@ -94,6 +93,7 @@ describe('strict decoding against the Envoy API protos', () => {
       'envoy-buffered.yaml',
       'envoy-demo-nofilter.yaml',
       'envoy-demo.yaml',
+      'envoy-multi-resource.yaml',
       'envoy-uds.yaml',
       'envoy.yaml',
     ]);
@@ -205,7 +205,7 @@ static_resources:
       );
     });
 
-    it('deprecated fields, e.g. the old Cluster-level max_requests_per_connection (P25 belongs in HttpProtocolOptions)', () => {
+    it('deprecated fields, e.g. the old Cluster-level max_requests_per_connection (it belongs in HttpProtocolOptions)', () => {
       expect(issues(base.replace('connect_timeout: 1s', 'connect_timeout: 1s\n    max_requests_per_connection: 900'))[0]!.message).toBe(
         'deprecated field max_requests_per_connection: use its replacement',
       );
@@ -227,12 +227,12 @@ static_resources:
 describe('ext_proc filter settings', () => {
   it.each(WITH_FILTER)('%s: fail-closed, a Node-friendly message_timeout, response direction skipped', (file) => {
     const f = extProcFilterOf(load(file))!;
-    expect(f.failureModeAllow).toBe(false); // §6.2: fail-open would send Azure the unfixed body
-    expect(f.messageTimeoutMs).toBeGreaterThanOrEqual(1000); // P11: 200 ms default is too tight for Node
+    expect(f.failureModeAllow).toBe(false); // fail-open would send Azure the unfixed body (docs/envoy-ext-proc.md#failures)
+    expect(f.messageTimeoutMs).toBeGreaterThanOrEqual(1000); // the 200 ms default is too tight for Node (docs/envoy-ext-proc.md#timeouts)
     expect(f.messageTimeoutMs).toBeLessThanOrEqual(5000);
     expect(f.processingMode.request_header_mode).toBe('SEND');
     expect(f.processingMode.response_header_mode).toBe('SKIP');
-    expect(f.processingMode.response_body_mode).toBe('NONE'); // AZURE-IMAGES §6 item 15: streamed images flow untouched
+    expect(f.processingMode.response_body_mode).toBe('NONE'); // streamed images flow untouched (docs/azure-images.md#streaming-responses)
     expect(f.processingMode.request_trailer_mode).toBe('SKIP');
     expect(f.processingMode.response_trailer_mode).toBe('SKIP');
   });
@@ -254,7 +254,7 @@ describe('ext_proc filter settings', () => {
     expect(names).toEqual(['envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
   });
 
-  it.each(WITH_FILTER)('%s: the ext_proc cluster speaks HTTP/2 and retires connections before Node resets them (P13, P25)', (file) => {
+  it.each(WITH_FILTER)('%s: the ext_proc cluster speaks HTTP/2 and retires connections before Node resets them', (file) => {
     const config = load(file);
     const f = extProcFilterOf(config)!;
     const c = cluster(config, f.clusterName);
@@ -305,14 +305,27 @@ describe('listener, routes and timeouts', () => {
     expect(obj(obj(config.admin).address)).toEqual({ socket_address: { address: '127.0.0.1', port_value: 9901 } });
   });
 
-  it.each(FILES)('%s: buffers sized for image edits (AZURE-IMAGES §6 item 13)', (file) => {
+  // The listener has neither TLS nor authentication, and with credentials.apiKeyFile the server adds the
+  // Azure key: open, it would relay anyone to the user's resource. Only the compose demo (a stand-in for
+  // Azure, LiteLLM in another container, the port published on the host's loopback) listens wider.
+  it.each(FILES)('%s: the proxy listener is on loopback unless it is the compose demo', (file) => {
+    const listener = listeners(load(file)).find((l) => l.name === 'azure_egress')!;
+    const address = obj(obj(listener.address).socket_address);
+    if (file.startsWith('envoy-demo')) {
+      expect(cluster(load(file), 'azure_openai')!.transport_socket, 'the demo talks to the local stand-in').toBeUndefined();
+    } else {
+      expect(address).toEqual({ address: '127.0.0.1', port_value: 10000 });
+    }
+  });
+
+  it.each(FILES)('%s: buffers sized for image edits (one < 50 MB image + mask)', (file) => {
     const listener = listeners(load(file)).find((l) => l.name === 'azure_egress')!;
     const limit = Number(listener.per_connection_buffer_limit_bytes);
     expect(limit).toBeGreaterThanOrEqual(64 * MiB); // one < 50 MB image + mask + fields
     expect(limit).toBeLessThanOrEqual(256 * MiB);
   });
 
-  it.each(FILES)('%s: every route waits long enough for image generation (AZURE-IMAGES §6 item 16)', (file) => {
+  it.each(FILES)('%s: every route waits long enough for image generation (minutes)', (file) => {
     const { hcm, routes } = egress(load(file));
     expect(seconds(hcm.stream_idle_timeout)).toBeGreaterThanOrEqual(300);
     expect(routes.length).toBeGreaterThan(0);
@@ -484,10 +497,11 @@ describe('variants differ from envoy.yaml only where they say so', () => {
     expect(load('envoy-buffered.yaml')).toEqual(expected);
   });
 
-  it('envoy-demo.yaml: only the azure_openai cluster (the stand-in instead of TLS to Azure)', () => {
+  it('envoy-demo.yaml: the azure_openai cluster (the stand-in instead of TLS to Azure) and a listener LiteLLM\'s container can reach', () => {
     const demo = load('envoy-demo.yaml');
     const expected = base();
     list(staticRes(expected).clusters)[1] = cluster(demo, 'azure_openai')!;
+    list(staticRes(expected).listeners)[0]!.address = { socket_address: { address: '0.0.0.0', port_value: 10000 } };
     expect(demo).toEqual(expected);
   });
 
