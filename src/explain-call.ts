@@ -1,37 +1,28 @@
-// What the server does with one request, without Envoy: plays Envoy's side of one ext_proc call (request
-// path) against the real CallProcessor, following its answers the way Envoy does (reference/ENVOY-EXTPROC.md
-// §2-§4: header mutation rules, mode_override, BUFFERED vs STREAMED bodies), and collects the decision, the
-// mutations as applied, the metadata and a body diff. Pure: config + request in, a report out (src/explain.ts
-// is the CLI). Credential header values are masked in everything it returns.
-import { classifyBody } from './body/index.js';
+// What the server does with one request, without Envoy: runs the request through the Envoy model of
+// src/envoy-model/ (the same model the tests drive the server with) set up as the README recommends,
+// with the server's real CallProcessor in this process instead of over gRPC, and reports the decision,
+// the header mutations as Envoy applied them, the metadata and a body diff. src/explain.ts is the CLI.
+// Credential header values are masked in everything it returns.
+import { CallProcessor, PASS_REASONS, REJECT_REASONS, type CallContext, type CallResult } from './call/index.js';
 import type { Config } from './config.js';
-import { decompress, parseEncoding } from './encoding.js';
-import type {
-  BodySendMode,
-  CommonResponse,
-  HeaderMutation,
-  ProcessingMode,
-  ProcessingRequest,
-  ProcessingResponse,
-  ProtoValue,
-  StructValue,
-} from './proto.js';
+import { EnvoyModel, type BodySendMode, type ModelOptions, type Outcome, type TranscriptEntry } from './envoy-model/index.js';
+import type { MutationEntry } from './envoy-model/headers.js';
+import { InProcessTransport } from './envoy-model/in-process.js';
+import type { WireProcessingResponse } from './envoy-model/processor-state.js';
+import { diffBodies, notForwarded, printable, type BodyDiff, type HeaderList } from './explain-body.js';
+import type { CommonResponse, HeaderMutation, ProcessingMode, ProcessingRequest, ProcessingResponse, ProtoValue, StructValue } from './proto.js';
 import type { ImageRoute } from './routes.js';
-import { CallProcessor, type CallContext, type CallResult, type PassReason, type RejectReason } from './stream.js';
 
-/** Envoy's configured request_body_mode; NONE + allow_mode_override is the recommended set-up (README). */
-export type ConfiguredBodyMode = 'NONE' | 'BUFFERED' | 'STREAMED';
+export { printable, type BodyDiff, type BodyField, type PartSummary } from './explain-body.js';
 
-/** STREAMED chunk size: Envoy forwards what each read returns; 64 KiB is a typical socket read. */
-export const STREAMED_CHUNK_BYTES = 64 * 1024;
+/** Envoy's configured request_body_mode. NONE + allow_mode_override is the recommended set-up (README). */
+export type ConfiguredBodyMode = BodySendMode;
+export const BODY_MODES: readonly ConfiguredBodyMode[] = ['NONE', 'BUFFERED', 'STREAMED', 'BUFFERED_PARTIAL', 'FULL_DUPLEX_STREAMED'];
 
-/** Results printed whole up to this size (JSON text); larger or binary bodies are summarised. */
-const PRINTABLE_BODY_BYTES = 2048;
+/** The DATA frames Envoy reads the client's body in: 64 KiB is a typical socket read. */
+export const BODY_FRAME_BYTES = 64 * 1024;
 
 const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'api-key', 'x-api-key', 'ocp-apim-subscription-key', 'cookie']);
-
-/** Envoy's default header mutation rules drop changes to these silently (reference §2.3). */
-const IMMUTABLE_SET = new Set([':authority', 'host', ':method', ':scheme']);
 
 export interface ExplainRequest {
   method: string;
@@ -45,7 +36,7 @@ export interface ExplainRequest {
 }
 
 export interface HeaderChange {
-  /** The answer that carried it: `request_headers` or `request_body`. */
+  /** The answer that carried it: `request_headers`, `request_body` or `immediate_response`. */
   phase: string;
   action: 'set' | 'remove';
   name: string;
@@ -62,36 +53,8 @@ export interface ExchangeStep {
   answers: string[];
 }
 
-export interface BodyField {
-  name: string;
-  before?: string;
-  after?: string;
-}
-
-export interface BodyDiff {
-  kind: 'json' | 'multipart' | 'other' | 'none';
-  bytesBefore: number;
-  bytesAfter: number;
-  changed: boolean;
-  removed: string[];
-  added: string[];
-  replaced: BodyField[];
-  /** The resulting body when it is small JSON text. */
-  result?: string;
-  /** The resulting multipart parts (names and sizes, never content). */
-  parts?: Array<{ name: string; filename?: string; contentType?: string; bytes: number }>;
-  /** Why the fields could not be compared. */
-  note?: string;
-}
-
 export interface Explanation {
-  request: {
-    method: string;
-    path: string;
-    headers: Array<[string, string]>;
-    bodyBytes: number;
-    envoyRequestBodyMode: ConfiguredBodyMode;
-  };
+  request: { method: string; path: string; headers: Array<[string, string]>; bodyBytes: number; envoyRequestBodyMode: ConfiguredBodyMode };
   configFile: string | null;
   route: ImageRoute | null;
   result: CallResult;
@@ -105,34 +68,15 @@ export interface Explanation {
   clearRouteCache: boolean;
   modeOverride: ProcessingMode | null;
   dynamicMetadata: Record<string, unknown> | null;
-  immediateResponse: { status: number; body: string; details?: string } | null;
+  /** The local reply the client gets instead of Azure's answer, and who sent it. */
+  immediateResponse: { status: number; body: string; details?: string; by: 'server' | 'envoy' } | null;
+  /** The gRPC status the server ended the call with, when it was not OK. */
+  serverError: { code: number; details: string } | null;
   body: BodyDiff;
+  /** Problems with the request itself (a real client would not send it like this). */
+  warnings: string[];
   notes: string[];
 }
-
-const PASS_REASONS: Record<PassReason, string> = {
-  not_image_route: 'not an image generation or edit route',
-  not_rewritten_route: 'an image route this configuration leaves alone (see the rewrite.* options)',
-  method: 'not a POST',
-  no_body: 'the request has no body',
-  content_type: 'the body is neither application/json nor multipart/form-data with a boundary',
-  content_encoding: 'the body is compressed in a way the server cannot edit here (stacked or unknown coding, over limits.maxDecompressedBytes, or not BUFFERED)',
-  no_model: 'nothing in the body to change (no `model` or other configured field)',
-  invalid_body: 'the body is not what its content-type says',
-  partial_body: 'Envoy sent only part of the body (BUFFERED_PARTIAL)',
-  body_mode_unknown: 'Envoy sent no protocol_config (< 1.34): the body mode is unknown',
-  body_not_sent: 'the body never reached the server (Envoy body mode NONE and no mode_override possible)',
-  needs_buffered_body:
-    'this rewrite needs the whole body (deployment taken from `model`, compressed body, extra_body unwrap) but Envoy streams it: configure request_body_mode NONE with allow_mode_override, or BUFFERED',
-  too_large: 'the body is over limits.maxBodyBytes or the memory budget (limits.overLimit: forward)',
-  call_ended: 'the call ended before a decision',
-};
-
-const REJECT_REASONS: Record<RejectReason, string> = {
-  invalid_deployment: 'the deployment name could leave its path segment',
-  missing_model: 'the route needs `model` in the body to choose a deployment and there is none',
-  body_too_large: 'the body is over limits.maxBodyBytes or the memory budget and limits.overLimit is reject',
-};
 
 function routeOf(result: CallResult): ImageRoute | undefined {
   return result.kind === 'rewritten' ? result.report.route : result.route;
@@ -165,10 +109,6 @@ export function shownValue(name: string, value: string): string {
   return `${scheme ? `${scheme} ` : ''}[hidden, ${secretLength} characters]`;
 }
 
-export function printable(value: string, limit = 80): string {
-  return value.length <= limit ? value : `${value.slice(0, limit)}… (${value.length} characters)`;
-}
-
 function protoToJs(value: ProtoValue): unknown {
   if ('structValue' in value) return structToJs(value.structValue);
   if ('stringValue' in value) return value.stringValue;
@@ -181,19 +121,10 @@ function structToJs(struct: StructValue): Record<string, unknown> {
   return Object.fromEntries(Object.entries(struct.fields).map(([key, value]) => [key, protoToJs(value)]));
 }
 
-type AnswerKind = 'request_headers' | 'request_body' | 'request_trailers' | 'response_headers' | 'response_body' | 'response_trailers' | 'immediate_response';
-const ANSWER_KINDS: readonly AnswerKind[] = [
-  'request_headers',
-  'request_body',
-  'request_trailers',
-  'response_headers',
-  'response_body',
-  'response_trailers',
-  'immediate_response',
-];
+const ANSWER_KINDS = ['request_headers', 'request_body', 'request_trailers', 'response_headers', 'response_body', 'response_trailers', 'immediate_response'] as const;
 
-function answerKind(answer: ProcessingResponse): AnswerKind {
-  return ANSWER_KINDS.find((kind) => kind in answer) ?? 'request_headers';
+function answerKind(answer: ProcessingResponse): string {
+  return ANSWER_KINDS.find((kind) => kind in answer) ?? 'none';
 }
 
 function commonOf(answer: ProcessingResponse): CommonResponse | undefined {
@@ -239,284 +170,184 @@ function describeAnswer(answer: ProcessingResponse): string {
   return `${kind}: ${parts.join(', ')}`;
 }
 
-interface Part {
-  name: string;
-  filename?: string;
-  contentType?: string;
-  content: Buffer;
+function describeSent(message: ProcessingRequest): ExchangeStep['sent'] {
+  const kind = message.request ?? 'unknown';
+  if (message.request_headers) return { kind, endOfStream: message.request_headers.end_of_stream };
+  if (message.request_body) return { kind, endOfStream: message.request_body.end_of_stream, bytes: message.request_body.body.length };
+  return { kind, endOfStream: true };
 }
 
-/** Splits a multipart body into parts for display only (the server edits with src/body/multipart.ts). */
-function multipartParts(body: Buffer, boundary: string): Part[] | undefined {
-  const sections = `\r\n${body.toString('latin1')}`.split(`\r\n--${boundary}`);
-  const parts: Part[] = [];
-  for (const section of sections.slice(1)) {
-    if (section.startsWith('--')) return parts;
-    const headerEnd = section.indexOf('\r\n\r\n');
-    if (headerEnd === -1) return undefined;
-    const head = section.slice(section.indexOf('\r\n') + 2, headerEnd);
-    const disposition = /^content-disposition:(.*)$/im.exec(head)?.[1] ?? '';
-    const name = /(?:^|;)\s*name="([^"]*)"/i.exec(disposition)?.[1];
-    if (name === undefined) return undefined;
-    const filename = /;\s*filename="([^"]*)"/i.exec(disposition)?.[1];
-    const contentType = /^content-type:\s*(.*)$/im.exec(head)?.[1]?.trim();
-    parts.push({
-      name,
-      ...(filename !== undefined ? { filename } : {}),
-      ...(contentType ? { contentType } : {}),
-      content: Buffer.from(section.slice(headerEnd + 4), 'latin1'),
-    });
-  }
-  return undefined;
-}
-
-/** Top-level fields of a body as name -> printable values (a repeated multipart name has several). */
-function fieldsOf(body: Buffer, contentType: string | undefined): Map<string, string[]> | undefined {
-  const kind = classifyBody(contentType);
-  if (kind.kind === 'json') {
-    try {
-      const value: unknown = JSON.parse(body.toString('utf8'));
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
-      return new Map(Object.entries(value).map(([key, member]) => [key, [JSON.stringify(member)]]));
-    } catch {
-      return undefined;
-    }
-  }
-  if (kind.kind === 'multipart') {
-    const parts = multipartParts(body, kind.boundary);
-    if (!parts) return undefined;
-    const fields = new Map<string, string[]>();
-    for (const part of parts) {
-      const shown = part.filename !== undefined ? `<file ${part.filename}, ${part.content.length} bytes>` : part.content.toString('utf8');
-      fields.set(part.name, [...(fields.get(part.name) ?? []), shown]);
-    }
-    return fields;
-  }
-  return undefined;
-}
-
-function isPrintableText(body: Buffer): boolean {
-  const text = body.toString('utf8');
-  // eslint-disable-next-line no-control-regex
-  return !text.includes('\uFFFD') && !/[\u0000-\u0008\u000e-\u001f\u007f]/.test(text);
-}
-
-function diffBodies(before: Buffer, after: Buffer, headersBefore: HeaderList, headersAfter: HeaderList, config: Config): BodyDiff {
-  const contentType = lookup(headersAfter, 'content-type') ?? lookup(headersBefore, 'content-type');
-  const kind = before.length === 0 ? 'none' : classifyBody(contentType).kind;
-  const diff: BodyDiff = {
-    kind,
-    bytesBefore: before.length,
-    bytesAfter: after.length,
-    changed: !before.equals(after),
-    removed: [],
-    added: [],
-    replaced: [],
-  };
-  if (kind === 'none' || kind === 'other') return diff;
-
-  // The server sends an edited compressed body decompressed (content-encoding removed): compare the
-  // decoded original with the result.
-  let original = before;
-  const encodingBefore = parseEncoding(lookup(headersBefore, 'content-encoding'));
-  const encodingAfter = parseEncoding(lookup(headersAfter, 'content-encoding'));
-  if (encodingAfter !== 'identity') {
-    diff.note = 'the body is compressed: fields are not compared';
-    return diff;
-  }
-  if (encodingBefore !== 'identity') {
-    const decoded = encodingBefore && decompress(before, encodingBefore, config.limits.maxDecompressedBytes);
-    if (!decoded) {
-      diff.note = 'the original body could not be decompressed: fields are not compared';
-      return diff;
-    }
-    original = decoded;
-  }
-
-  const fieldsBefore = fieldsOf(original, contentType);
-  const fieldsAfter = fieldsOf(after, contentType);
-  if (!fieldsBefore || !fieldsAfter) {
-    diff.note = `the ${fieldsBefore ? 'resulting' : 'original'} body is not valid ${kind}: fields are not compared`;
-  } else {
-    for (const [name, values] of fieldsBefore) {
-      const now = fieldsAfter.get(name);
-      if (!now) diff.removed.push(name);
-      else if (now.join('\n') !== values.join('\n')) diff.replaced.push({ name, before: printable(values.join(', ')), after: printable(now.join(', ')) });
-    }
-    for (const name of fieldsAfter.keys()) if (!fieldsBefore.has(name)) diff.added.push(name);
-  }
-
-  if (kind === 'json' && after.length <= PRINTABLE_BODY_BYTES && isPrintableText(after)) diff.result = after.toString('utf8');
-  if (kind === 'multipart') {
-    const boundary = classifyBody(contentType);
-    const parts = boundary.kind === 'multipart' ? multipartParts(after, boundary.boundary) : undefined;
-    if (parts) {
-      diff.parts = parts.map((part) => ({
-        name: part.name,
-        ...(part.filename !== undefined ? { filename: part.filename } : {}),
-        ...(part.contentType ? { contentType: part.contentType } : {}),
-        bytes: part.content.length,
-      }));
-    }
-  }
-  return diff;
-}
-
-type HeaderList = Array<[string, string]>;
-
-function notForwarded(body: Buffer): BodyDiff {
+/**
+ * Envoy as envoy/envoy.yaml and the README set it up (request headers sent, responses skipped,
+ * allow_mode_override, message_timeout 2 s, fail closed, 64 MiB buffer limit), with the request body
+ * mode `mode`. FULL_DUPLEX_STREAMED needs request trailers sent (Envoy refuses the configuration
+ * otherwise).
+ */
+export function recommendedEnvoyOptions(mode: ConfiguredBodyMode, metadataNamespace?: string): ModelOptions {
   return {
-    kind: body.length === 0 ? 'none' : 'other',
-    bytesBefore: body.length,
-    bytesAfter: 0,
-    changed: false,
-    removed: [],
-    added: [],
-    replaced: [],
-    note: 'not forwarded: the server answered with a local reply',
+    envoyVersion: '1.40',
+    processingMode: {
+      requestHeaderMode: 'SEND',
+      responseHeaderMode: 'SKIP',
+      requestBodyMode: mode,
+      responseBodyMode: 'NONE',
+      requestTrailerMode: mode === 'FULL_DUPLEX_STREAMED' ? 'SEND' : 'SKIP',
+      responseTrailerMode: 'SKIP',
+    },
+    allowModeOverride: true,
+    messageTimeoutMs: 2000,
+    failureModeAllow: false,
+    bufferLimitBytes: 64 * 1024 * 1024,
+    receivingNamespaces: metadataNamespace ? [metadataNamespace] : [],
   };
+}
+
+/** Why Envoy did not apply the header mutation of an answer it got no mutation notes for. */
+function notAppliedBecause(phase: string, mode: BodySendMode): string {
+  if (phase === 'request_body' && (mode === 'STREAMED' || mode === 'FULL_DUPLEX_STREAMED')) {
+    return `Envoy applies header mutations of body answers only in BUFFERED and BUFFERED_PARTIAL modes (in ${mode} the headers have already gone upstream)`;
+  }
+  return 'Envoy did not accept this answer';
+}
+
+/** The header mutations of each answer, as Envoy treated them (from the model's transcript notes). */
+function headerChangesOf(transcript: TranscriptEntry[], effectiveMode: BodySendMode): HeaderChange[] {
+  const changes: HeaderChange[] = [];
+  for (let i = 0; i < transcript.length; i++) {
+    const entry = transcript[i]!;
+    if (entry.direction !== 'server->envoy') continue;
+    const answer = entry.message as WireProcessingResponse;
+    const phase = entry.kind;
+    const notes: MutationEntry[] = [];
+    for (let j = i + 1; j < transcript.length && transcript[j]!.direction === 'note'; j++) {
+      if (transcript[j]!.kind === 'header mutation') notes.push(transcript[j]!.message as MutationEntry);
+    }
+    const member = answer[phase as 'request_headers'];
+    const mutation = phase === 'immediate_response' ? answer.immediate_response?.headers : member?.response?.header_mutation;
+    const asked = (mutation?.remove_headers?.length ?? 0) + (mutation?.set_headers?.length ?? 0);
+    for (const note of notes) {
+      changes.push({ phase, ...note, ...(note.value !== undefined ? { value: shownValue(note.name, note.value) } : {}) });
+    }
+    if (asked === 0 || notes.length > 0) continue;
+    const ignored = notAppliedBecause(phase, effectiveMode);
+    for (const name of mutation?.remove_headers ?? []) changes.push({ phase, action: 'remove', name, applied: false, ignored });
+    for (const option of mutation?.set_headers ?? []) {
+      const name = option.header?.key ?? '';
+      changes.push({ phase, action: 'set', name, value: shownValue(name, (option.header?.raw_value ?? Buffer.alloc(0)).toString('latin1')), applied: false, ignored });
+    }
+  }
+  return changes;
 }
 
 function lookup(headers: HeaderList, name: string): string | undefined {
   return headers.find(([key]) => key === name)?.[1];
 }
 
-function drop(headers: HeaderList, name: string): void {
-  for (let i = headers.length - 1; i >= 0; i--) if (headers[i]![0] === name) headers.splice(i, 1);
+/** Problems with the request as given: what a real client would not send. */
+function requestWarnings(request: ExplainRequest): string[] {
+  const declared = request.headers.find(([name]) => name.toLowerCase() === 'content-length')?.[1];
+  if (declared === undefined || declared.trim() === String(request.body.length)) return [];
+  return [
+    `content-length says ${declared} but the body has ${request.body.length} bytes: Envoy would wait for the missing bytes (HTTP/1) or reset the stream (HTTP/2) instead of forwarding this. Drop the -H 'content-length' (explain sets it) or fix the body.`,
+  ];
 }
 
-/** Why Envoy would not apply a header mutation (reference §2.3, §2.5), or undefined when it does. */
-function ignoredBecause(action: 'set' | 'remove', name: string, headersMutable: boolean): string | undefined {
-  if (!headersMutable) return 'header mutations in STREAMED body answers are ignored';
-  if (action === 'remove' && (name.startsWith(':') || name === 'host')) return 'Envoy never removes pseudo-headers or host';
-  if (action === 'set' && IMMUTABLE_SET.has(name)) return "dropped by Envoy's default mutation rules";
-  return undefined;
+/** The frames the model delivers: the body in BODY_FRAME_BYTES reads; undefined when there is none. */
+function frames(body: Buffer): Buffer[] | undefined {
+  if (body.length === 0) return undefined;
+  const out: Buffer[] = [];
+  for (let at = 0; at < body.length; at += BODY_FRAME_BYTES) out.push(body.subarray(at, at + BODY_FRAME_BYTES));
+  return out;
 }
 
-/** Plays Envoy's side of one ext_proc call (request path only) against the real processor. */
-export function explain(config: Config, request: ExplainRequest, options: { context?: CallContext; configFile?: string } = {}): Explanation {
-  const processor = new CallProcessor(config, options.context ?? {});
-  const notes: string[] = [];
-  // What Envoy sends: pseudo-headers first, names lower-cased (HTTP/2 and Envoy's header map).
-  const sentHeaders: HeaderList = [
+interface Recorded {
+  exchange: ExchangeStep[];
+  answers: ProcessingResponse[];
+  processor?: CallProcessor;
+}
+
+/** Runs one request through the Envoy model against the real processor. */
+async function run(config: Config, request: ExplainRequest, context: CallContext): Promise<{ outcome: Outcome; recorded: Recorded; sent: HeaderList }> {
+  const recorded: Recorded = { exchange: [], answers: [] };
+  const transport = new InProcessTransport(() => {
+    const processor = new CallProcessor(config, context);
+    recorded.processor = processor;
+    return {
+      handle(message) {
+        const step: ExchangeStep = { sent: describeSent(message), answers: [] };
+        recorded.exchange.push(step);
+        try {
+          const answers = processor.handle(message);
+          recorded.answers.push(...answers);
+          step.answers = answers.map(describeAnswer);
+          return answers;
+        } catch (error) {
+          step.answers = [`(the server ends the call with gRPC status INTERNAL: ${(error as Error).message})`];
+          throw error;
+        }
+      },
+      close: () => processor.close(),
+    };
+  });
+  const model = new EnvoyModel(recommendedEnvoyOptions(request.mode, config.metadataNamespace), transport);
+  // What Envoy's codec hands the filter: pseudo-headers first, names lower-cased.
+  const sent: HeaderList = [
     [':authority', request.authority],
     [':path', request.path],
     [':method', request.method.toUpperCase()],
     [':scheme', 'https'],
     ...request.headers.map(([name, value]): [string, string] => [name.toLowerCase(), value]),
   ];
-  const forwarded: HeaderList = sentHeaders.map(([name, value]) => [name, value]);
-  const exchange: ExchangeStep[] = [];
-  const headerChanges: HeaderChange[] = [];
-  let clearRouteCache = false;
-  let modeOverride: ProcessingMode | null = null;
-  let immediateResponse: Explanation['immediateResponse'] = null;
-  const metadata: Record<string, Record<string, unknown>> = {};
+  const outcome = await model.request({ headers: sent, body: frames(request.body) });
+  return { outcome, recorded, sent };
+}
 
-  const send = (message: ProcessingRequest, sent: ExchangeStep['sent']): ProcessingResponse[] => {
-    const answers = processor.handle(message);
-    exchange.push({ sent, answers: answers.map(describeAnswer) });
-    return answers;
-  };
-
-  /** Applies one answer as Envoy does; returns the body mutation it carries, if any. */
-  const apply = (answer: ProcessingResponse, phase: string, headersMutable: boolean): CommonResponse['body_mutation'] => {
-    if (answer.dynamic_metadata) {
-      for (const [namespace, value] of Object.entries(structToJs(answer.dynamic_metadata))) {
-        metadata[namespace] = { ...metadata[namespace], ...(value as Record<string, unknown>) };
-      }
-    }
-    if ('immediate_response' in answer) {
-      const immediate = answer.immediate_response;
-      immediateResponse = {
-        status: Number(immediate.status.code),
-        body: immediate.body ? immediate.body.toString('utf8') : '',
-        ...(immediate.details ? { details: immediate.details } : {}),
-      };
-      return undefined;
-    }
-    const common = commonOf(answer);
-    const mutation = common?.header_mutation;
-    // Envoy applies removals, then sets (mutation_utils.cc applyHeaderMutations).
-    for (const name of mutation?.remove_headers ?? []) {
-      const ignored = ignoredBecause('remove', name, headersMutable);
-      headerChanges.push({ phase, action: 'remove', name, applied: !ignored, ...(ignored ? { ignored } : {}) });
-      if (!ignored) drop(forwarded, name);
-    }
-    for (const option of mutation?.set_headers ?? []) {
-      const name = option.header.key;
-      const value = headerValue(option.header);
-      const ignored = ignoredBecause('set', name, headersMutable);
-      headerChanges.push({ phase, action: 'set', name, value: shownValue(name, value), applied: !ignored, ...(ignored ? { ignored } : {}) });
-      if (ignored) continue;
-      if (!option.append?.value) drop(forwarded, name);
-      forwarded.push([name, value]);
-    }
-    // Envoy clears the route cache only together with a header mutation (§2.4).
-    if (common?.clear_route_cache && mutation && headersMutable) clearRouteCache = true;
-    return common?.body_mutation;
-  };
-
-  const hasBody = request.body.length > 0;
-  const headerAnswers = send(
-    {
-      request: 'request_headers',
-      request_headers: { headers: { headers: sentHeaders.map(([key, value]) => ({ key, raw_value: Buffer.from(value, 'latin1') })) }, end_of_stream: !hasBody },
-      protocol_config: { request_body_mode: request.mode, response_body_mode: 'NONE', send_body_without_waiting_for_header_response: false },
-    },
-    { kind: 'request_headers', endOfStream: !hasBody },
-  );
-  for (const answer of headerAnswers) {
-    apply(answer, 'request_headers', true);
-    if (answer.mode_override && !('immediate_response' in answer)) modeOverride = answer.mode_override;
-  }
-
-  // Since Envoy 1.34 both body modes come from the override; an omitted one means NONE (§4, P10).
-  const effective: BodySendMode = modeOverride ? (modeOverride.request_body_mode ?? 'NONE') : request.mode;
-  // Envoy drops content-length itself when the mode configured at header time streams the body (§3.9).
-  if (request.mode === 'STREAMED' && lookup(forwarded, 'content-length') !== undefined) {
-    drop(forwarded, 'content-length');
-    notes.push('Envoy removes content-length in STREAMED mode; the upstream request is chunked.');
-  }
-
-  let bodyAfter = request.body;
-  let bodySentAs: string;
-  if (immediateResponse) bodySentAs = 'not sent (the server answered with a local reply)';
-  else if (!hasBody) bodySentAs = 'none (the request has no body)';
-  else if (effective === 'NONE') bodySentAs = 'not sent: it flows to the upstream unchanged';
-  else {
-    const buffered = effective === 'BUFFERED' || effective === 'BUFFERED_PARTIAL';
-    const chunks: Buffer[] = [];
-    if (buffered) chunks.push(request.body);
-    else for (let at = 0; at < request.body.length; at += STREAMED_CHUNK_BYTES) chunks.push(request.body.subarray(at, at + STREAMED_CHUNK_BYTES));
-    bodySentAs = `${effective} in ${chunks.length} message${chunks.length === 1 ? '' : 's'}${modeOverride ? ' (asked by the server with mode_override)' : ''}`;
-    const out: Buffer[] = [];
-    for (const [index, chunk] of chunks.entries()) {
-      const last = index === chunks.length - 1;
-      const answers = send({ request: 'request_body', request_body: { body: chunk, end_of_stream: last } }, { kind: 'request_body', endOfStream: last, bytes: chunk.length });
-      if (answers.length === 0 && effective !== 'FULL_DUPLEX_STREAMED') out.push(chunk);
-      for (const answer of answers) {
-        const mutation = apply(answer, 'request_body', buffered);
-        if (immediateResponse) break;
-        if (!mutation) out.push(chunk);
-        else if ('body' in mutation) out.push(mutation.body);
-        else if ('streamed_response' in mutation) out.push(mutation.streamed_response.body);
-        // clear_body: the chunk becomes empty
-      }
-      if (immediateResponse) break;
-    }
-    bodyAfter = Buffer.concat(out);
-  }
-
+/** Plays Envoy's side of one ext_proc call (request path only) against the real processor. */
+export async function explain(config: Config, request: ExplainRequest, options: { context?: CallContext; configFile?: string } = {}): Promise<Explanation> {
+  const { outcome, recorded, sent } = await run(config, request, options.context ?? {});
+  if (outcome.kind === 'reset' || outcome.kind === 'aborted') throw new Error(`unexpected end of the simulated request: ${outcome.kind}`);
+  const processor = recorded.processor;
+  if (!processor) throw new Error('Envoy never opened an ext_proc call');
   const result = processor.finalResult();
-  processor.close();
-  const route = routeOf(result);
-  const declared = lookup(sentHeaders, 'content-length');
-  if (route && hasBody && declared === undefined) notes.push('No content-length header: the request is chunked, so the server cannot know its size in advance.');
-  if (declared !== undefined && Number(declared) !== request.body.length) {
-    notes.push(`content-length says ${declared} but the body has ${request.body.length} bytes: a real client would not send this.`);
+  const notes: string[] = [];
+
+  const override = recorded.answers.find((answer) => answer.mode_override)?.mode_override ?? null;
+  const applied = outcome.transcript.find((entry) => entry.kind === 'mode_override applied')?.message as { requestBodyMode: BodySendMode } | undefined;
+  const effective: BodySendMode = applied?.requestBodyMode ?? request.mode;
+  if (override && !applied) {
+    notes.push(`Envoy ignored the server's mode_override: it applies one only with allow_mode_override, and never when the filter's body mode is FULL_DUPLEX_STREAMED.`);
+  } else if (override && request.mode === 'NONE') {
+    notes.push('Assumes allow_mode_override: true on the ext_proc filter (recommended set-up); without it Envoy ignores mode_override.');
   }
-  if (request.mode === 'NONE' && modeOverride) notes.push('Assumes allow_mode_override: true on the ext_proc filter (recommended set-up); without it Envoy ignores mode_override.');
+
+  const bodiesSent = outcome.transcript.filter((entry) => entry.direction === 'envoy->server' && entry.kind === 'request_body').length;
+  const serverReplied = recorded.answers.some((answer) => 'immediate_response' in answer);
+  const hasBody = request.body.length > 0;
+  let bodySentAs: string;
+  if (!hasBody) bodySentAs = 'none (the request has no body)';
+  else if (bodiesSent > 0) bodySentAs = `${effective} in ${bodiesSent} message${bodiesSent === 1 ? '' : 's'}${applied ? ' (asked by the server with mode_override)' : ''}`;
+  else if (outcome.kind === 'local_reply') bodySentAs = 'not sent (the request is answered locally)';
+  else bodySentAs = 'not sent: it flows to the upstream unchanged';
+
+  const upstream = outcome.kind === 'upstream' ? outcome.upstream : undefined;
+  const forwarded: HeaderList = upstream?.headers ?? sent;
+  if (upstream?.contentLengthRemoved) notes.push(`Envoy removes content-length in ${effective} mode; the upstream request is chunked.`);
+  const route = routeOf(result);
+  if (route && hasBody && lookup(sent, 'content-length') === undefined) {
+    notes.push('No content-length header: the request is chunked, so the server cannot know its size in advance.');
+  }
+  const serverError = outcome.serverStatus && outcome.serverStatus.code !== 0 ? outcome.serverStatus : null;
+
+  let immediateResponse: Explanation['immediateResponse'] = null;
+  if (outcome.kind === 'local_reply') {
+    immediateResponse = {
+      status: outcome.status,
+      body: outcome.body.toString('utf8'),
+      ...(outcome.details ? { details: outcome.details } : {}),
+      by: serverReplied ? 'server' : 'envoy',
+    };
+    if (!serverReplied) notes.push(`Envoy itself answers ${outcome.status} (${outcome.details}): see the exchange above.`);
+  }
 
   const pathAfter = lookup(forwarded, ':path') ?? request.path;
   const shownHeaders = request.headers.map(([name, value]): [string, string] => [name.toLowerCase(), shownValue(name, value)]);
@@ -526,15 +357,17 @@ export function explain(config: Config, request: ExplainRequest, options: { cont
     route: route ?? null,
     result,
     decision: describeResult(result),
-    exchange,
+    exchange: recorded.exchange,
     bodySentAs,
-    headerChanges,
+    headerChanges: headerChangesOf(outcome.transcript, effective),
     path: { before: request.path, after: pathAfter, changed: pathAfter !== request.path },
-    clearRouteCache,
-    modeOverride,
-    dynamicMetadata: Object.keys(metadata).length > 0 ? metadata : null,
+    clearRouteCache: upstream?.routeRecomputed ?? false,
+    modeOverride: override,
+    dynamicMetadata: Object.keys(outcome.dynamicMetadata).length > 0 ? outcome.dynamicMetadata : null,
     immediateResponse,
-    body: immediateResponse ? notForwarded(request.body) : diffBodies(request.body, bodyAfter, sentHeaders, forwarded, config),
+    serverError,
+    body: upstream ? diffBodies(request.body, upstream.body, sent, forwarded, config) : notForwarded(request.body),
+    warnings: requestWarnings(request),
     notes,
   };
 }

@@ -1,19 +1,20 @@
 #!/usr/bin/env node
-// `explain`: the CLI that shows what the server would do with one request (method, path, headers, body
-// file) without Envoy: matched route and decision, header and :path mutations, clear_route_cache,
-// mode_override, dynamic metadata and a body diff (src/explain-call.ts does the work). It is how users
-// debug a configuration. Run as `node dist/explain.js` or `npx tsx src/explain.ts`.
+// `explain`: the CLI that shows what the server would do with one request (described with curl-style
+// arguments, src/explain-request.ts) without Envoy: matched route and decision, header and :path
+// mutations, clear_route_cache, mode_override, dynamic metadata and a body diff (src/explain-call.ts
+// does the work). It is how users debug a configuration. Run as `node dist/explain.js` or
+// `npx tsx src/explain.ts`.
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import type { CallContext } from './call/index.js';
 import { ConfigError, type Config } from './config.js';
 import { configFilePath, loadConfigFrom } from './config-file.js';
-import { describeMode, explain, printable, type BodyDiff, type ConfiguredBodyMode, type ExplainRequest, type Explanation } from './explain-call.js';
+import { describeMode, explain, printable, type Explanation, type PartSummary } from './explain-call.js';
+import { HELP, USAGE, UsageError, requestFromArgs, type ExplainIo, type ParsedArgs } from './explain-request.js';
 import type { ImageRoute } from './routes.js';
 import { readSecretFile } from './secrets.js';
-import type { CallContext } from './stream.js';
 
-const CONFIGURED_MODES: readonly ConfiguredBodyMode[] = ['NONE', 'BUFFERED', 'STREAMED'];
+export type { ExplainIo } from './explain-request.js';
 
 function describeRoute(route: ImageRoute | null): string {
   if (!route) return 'none (not an image route)';
@@ -34,6 +35,7 @@ export function formatExplanation(explanation: Explanation, config: Config): str
   for (const [name, value] of request.headers) row(name, value);
   row('config', explanation.configFile ?? 'built-in defaults (+ environment)');
   row('Envoy body mode', `${request.envoyRequestBodyMode}${request.envoyRequestBodyMode === 'NONE' ? ' (recommended: the server asks for bodies it edits)' : ''}`);
+  for (const warning of explanation.warnings) lines.push(`  ! ${warning}`);
 
   section('Decision');
   row('route', describeRoute(explanation.route));
@@ -49,7 +51,7 @@ export function formatExplanation(explanation: Explanation, config: Config): str
   row('body sent', explanation.bodySentAs);
 
   if (explanation.immediateResponse) {
-    section('Local reply (the request does not reach Azure)');
+    section(`Local reply from ${explanation.immediateResponse.by === 'server' ? 'the server' : 'Envoy'} (the request does not reach Azure)`);
     row('status', String(explanation.immediateResponse.status));
     row('body', printable(explanation.immediateResponse.body, 400));
     if (explanation.immediateResponse.details) row('details', explanation.immediateResponse.details);
@@ -61,7 +63,7 @@ export function formatExplanation(explanation: Explanation, config: Config): str
   if (explanation.headerChanges.length === 0) row('header mutations', 'none');
   for (const change of explanation.headerChanges) {
     const what = change.action === 'set' ? `set ${change.name}: ${change.value}` : `remove ${change.name}`;
-    row(change.phase === 'request_headers' ? 'headers answer' : 'body answer', `${what}${change.applied ? '' : `  [ignored: ${change.ignored}]`}`);
+    row(PHASE_LABELS[change.phase] ?? change.phase, `${what}${change.applied ? '' : `  [ignored: ${change.ignored}]`}`);
   }
   row('clear_route_cache', explanation.clearRouteCache ? 'yes: Envoy picks the route again with the new headers' : 'no');
   row('mode_override', explanation.modeOverride ? describeMode(explanation.modeOverride) : 'none');
@@ -77,7 +79,9 @@ export function formatExplanation(explanation: Explanation, config: Config): str
   else if (body.kind === 'none') row('body', 'none');
   else {
     row('bytes', `${body.bytesBefore} -> ${body.bytesAfter}${body.changed ? '' : ' (unchanged)'}`);
-    if (body.removed.length > 0) row('removed', body.removed.join(', '));
+    // Multipart: each removed part by name and size (a repeated name may lose one part of several).
+    if (body.removedParts) for (const part of body.removedParts) row('removed part', describePart(part));
+    else if (body.removed.length > 0) row('removed', body.removed.join(', '));
     if (body.added.length > 0) row('added', body.added.join(', '));
     for (const field of body.replaced) row('replaced', `${field.name}: ${field.before} -> ${field.after}`);
     if (body.note) row('note', body.note);
@@ -93,103 +97,22 @@ export function formatExplanation(explanation: Explanation, config: Config): str
   return `${lines.join('\n')}\n`;
 }
 
-function describePart(part: NonNullable<BodyDiff['parts']>[number]): string {
+const PHASE_LABELS: Record<string, string> = {
+  request_headers: 'headers answer',
+  request_body: 'body answer',
+  request_trailers: 'trailers answer',
+  immediate_response: 'local reply',
+};
+
+function describePart(part: PartSummary): string {
   const file = part.filename !== undefined ? ` filename="${part.filename}"` : '';
   const type = part.contentType ? ` ${part.contentType}` : '';
   return `${part.name}${file}${type}, ${part.bytes} bytes`;
 }
 
-const USAGE = `usage: explain --path PATH [--method POST] [-H 'name: value']... [--body-file FILE|-]
-               [--config config.yaml] [--mode NONE|BUFFERED|STREAMED] [--json]`;
-
-const HELP = `${USAGE}
-
-Shows what azure-image-extproc would do with one request: the matched route and decision, the header and
-:path mutations, clear_route_cache, mode_override, dynamic metadata and a body diff. --path may also be
-a full URL (https://host/openai/...). --mode is the request_body_mode configured on Envoy's ext_proc
-filter (default NONE with allow_mode_override, the recommended set-up). The configuration comes from
---config, else EXTPROC_CONFIG, else the defaults, with the same environment overrides as the server.
-Exit status: 0 explained, 2 bad arguments or configuration, 1 the server would fail the call.`;
-
-export interface ExplainIo {
-  stdout: (text: string) => void;
-  stderr: (text: string) => void;
-  env: NodeJS.ProcessEnv;
-  readStdin: () => Buffer;
-}
-
-class UsageError extends Error {}
-
-function parseHeader(text: string): [string, string] {
-  // `:authority: x` names a pseudo-header, so the separator is the first colon after the name's first character.
-  const colon = text.indexOf(':', 1);
-  const name = colon === -1 ? '' : text.slice(0, colon).trim();
-  if (!name || /\s/.test(name)) throw new UsageError(`bad header ${JSON.stringify(text)}: expected 'name: value'`);
-  return [name.toLowerCase(), text.slice(colon + 1).trim()];
-}
-
-function requestFromArgs(argv: string[], io: ExplainIo): { request: ExplainRequest; configOption?: string; json: boolean } | 'help' {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        method: { type: 'string', short: 'X', default: 'POST' },
-        path: { type: 'string' },
-        header: { type: 'string', short: 'H', multiple: true, default: [] },
-        'body-file': { type: 'string' },
-        config: { type: 'string' },
-        mode: { type: 'string', default: 'NONE' },
-        json: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-  if (values.help) return 'help';
-  if (!values.path) throw new UsageError('--path is required');
-  const mode = values.mode.toUpperCase() as ConfiguredBodyMode;
-  if (!CONFIGURED_MODES.includes(mode)) throw new UsageError(`--mode must be one of ${CONFIGURED_MODES.join(', ')}`);
-  if (!/^[A-Za-z]+$/.test(values.method)) throw new UsageError(`bad --method ${JSON.stringify(values.method)}`);
-
-  const headers = values.header.map(parseHeader);
-  let path = values.path;
-  let authority = 'example.openai.azure.com';
-  const url = /^https?:\/\/([^/?#]+)(.*)$/i.exec(path);
-  if (url) {
-    authority = url[1]!;
-    path = url[2] || '/';
-  }
-  if (!path.startsWith('/')) throw new UsageError('--path must start with "/" (or be a full https:// URL)');
-  // HTTP/1 `host` and HTTP/2 `:authority` are the same to Envoy: it forwards :authority.
-  const given = headers.find(([name]) => name === 'host' || name === ':authority');
-  if (given) authority = given[1];
-  const rest = headers.filter(([name]) => name !== 'host' && name !== ':authority');
-  const pseudo = rest.find(([name]) => name.startsWith(':'));
-  if (pseudo) throw new UsageError(`set ${pseudo[0]} with --method/--path, not -H`);
-
-  let body: Buffer = Buffer.alloc(0);
-  const bodyFile = values['body-file'];
-  if (bodyFile !== undefined) {
-    try {
-      body = bodyFile === '-' ? io.readStdin() : readFileSync(bodyFile);
-    } catch (error) {
-      throw new UsageError(`cannot read --body-file ${bodyFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-    }
-  }
-  return {
-    request: { method: values.method, path, authority, headers: rest, body, mode },
-    ...(values.config !== undefined ? { configOption: values.config } : {}),
-    json: values.json,
-  };
-}
-
-/** The CLI: returns the exit status. */
-export function runExplain(argv: string[], io: ExplainIo): number {
-  let parsed: ReturnType<typeof requestFromArgs>;
+/** The CLI: resolves with the exit status. */
+export async function runExplain(argv: string[], io: ExplainIo): Promise<number> {
+  let parsed: ParsedArgs | 'help';
   try {
     parsed = requestFromArgs(argv, io);
   } catch (error) {
@@ -201,7 +124,7 @@ export function runExplain(argv: string[], io: ExplainIo): number {
     io.stdout(`${HELP}\n`);
     return 0;
   }
-  const { request, configOption, json } = parsed;
+  const { request, configOption, json, notes } = parsed;
 
   let config: Config;
   const configFile = configFilePath({ env: io.env, file: configOption });
@@ -222,17 +145,15 @@ export function runExplain(argv: string[], io: ExplainIo): number {
     else keyProblem = `credentials.apiKeyFile ${keyFile} cannot be used (${secret.problem}): the server would not inject api-key until it can read it.`;
   }
 
-  let explanation: Explanation;
-  try {
-    explanation = explain(config, request, { context, ...(configFile ? { configFile } : {}) });
-  } catch (error) {
-    // What the server turns into a gRPC INTERNAL status; Envoy's failure_mode_allow decides (STYLE lesson 7).
-    io.stderr(`explain: the server would end this call with a gRPC error: ${(error as Error).message}\n`);
-    return 1;
-  }
+  const explanation: Explanation = await explain(config, request, { context, ...(configFile ? { configFile } : {}) });
+  explanation.notes.unshift(...notes);
   if (keyProblem) explanation.notes.push(keyProblem);
+  for (const warning of explanation.warnings) io.stderr(`explain: warning: ${warning}\n`);
   io.stdout(json ? `${JSON.stringify(explanation, null, 2)}\n` : formatExplanation(explanation, config));
-  return 0;
+  if (!explanation.serverError) return 0;
+  // A surprise in the server ends the call with a gRPC status; with failure_mode_allow: false Envoy answers 500.
+  io.stderr(`explain: the server would end this call with a gRPC error: ${explanation.serverError.details}\n`);
+  return 1;
 }
 
 function isEntryPoint(): boolean {
@@ -246,7 +167,7 @@ function isEntryPoint(): boolean {
 }
 
 if (isEntryPoint()) {
-  process.exitCode = runExplain(process.argv.slice(2), {
+  process.exitCode = await runExplain(process.argv.slice(2), {
     stdout: (text) => void process.stdout.write(text),
     stderr: (text) => void process.stderr.write(text),
     env: process.env,

@@ -86,7 +86,7 @@ describe('explain', () => {
     expect(run.stdout).toMatch(/result +rewritten \(model\); multipart body \d+ -> \d+ bytes; body mode STREAMED/);
     expect(run.stdout).toMatch(/Envoy body mode +STREAMED/);
     expect(run.stdout).toMatch(/mode_override +none/);
-    expect(run.stdout).toMatch(/removed +model\n/);
+    expect(run.stdout).toMatch(/removed part +model, 11 bytes\n/);
     expect(run.stdout).toMatch(/part +image filename="cat.png" image\/png, 10 bytes/);
     expect(run.stdout).toMatch(/part +prompt, 9 bytes/);
     expect(run.stdout).toContain('Envoy removes content-length in STREAMED mode');
@@ -154,7 +154,7 @@ describe('explain', () => {
   it('exits 2 on bad arguments and on a bad configuration, naming the problem', () => {
     const noPath = explain('-H', 'content-type: application/json');
     expect(noPath.status).toBe(2);
-    expect(noPath.stderr).toContain('--path is required');
+    expect(noPath.stderr).toContain('--path (or a URL) is required');
     expect(noPath.stderr).toContain('usage: explain');
     expect(explain('--path', '/x', '--mode', 'SOMETIMES').status).toBe(2);
     expect(explain('--path', '/x', '--body-file', join(dir, 'missing.json')).stderr).toContain('ENOENT');

@@ -5,7 +5,7 @@
 import type { FilterConfig } from './config.js';
 import { effectiveModeOverride, fullMode, modeFromWire, overrideAllowed } from './config.js';
 import type { HeaderMap } from './headers.js';
-import { applyHeaderMutation, headersToProto, MutationChecker } from './headers.js';
+import { applyHeaderMutation, headersToProto, MutationChecker, type MutationEntry } from './headers.js';
 import type { Status, WireCommonResponse, WireImmediateResponse, WireProcessingResponse } from './processor-state.js';
 import { OK, ProcessorState, spurious } from './processor-state.js';
 import type { WireStruct } from './values.js';
@@ -147,6 +147,7 @@ export class ExtProcFilter {
       onRejected: () => {
         this.counters.rejected_header_mutations++;
       },
+      observe: (entry: MutationEntry) => this.note('header mutation', entry),
     };
   }
 

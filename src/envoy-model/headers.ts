@@ -170,34 +170,43 @@ export class MutationChecker {
   }
 
   check(op: CheckOperation, name: string, value: Buffer): CheckResult {
-    if (this.isAllowed(op, name) && (op === 'REMOVE' || this.isValidValue(name, value))) return 'OK';
-    return this.rules.disallowIsError ? 'FAIL' : 'IGNORE';
+    return this.verdict(op, name, value).result;
   }
 
-  private isAllowed(op: CheckOperation, name: string): boolean {
+  /** The result and, when refused, why (in words a user can act on). */
+  verdict(op: CheckOperation, name: string, value: Buffer): { result: CheckResult; reason?: string } {
+    const reason = this.refusal(op, name) ?? (op === 'REMOVE' ? undefined : this.invalidValue(name, value));
+    if (reason === undefined) return { result: 'OK' };
+    return { result: this.rules.disallowIsError ? 'FAIL' : 'IGNORE', reason };
+  }
+
+  private refusal(op: CheckOperation, name: string): string | undefined {
     // 1. Removing ':'-prefixed headers or host is never allowed (HeaderUtility::isModifiableHeader).
-    if (op === 'REMOVE' && (name.startsWith(':') || name === 'host')) return false;
-    if (this.disallow?.test(name)) return false; // 2.
-    if (this.allow?.test(name)) return true; // 3.
-    if (this.rules.disallowAll) return false; // 4.
+    if (op === 'REMOVE' && (name.startsWith(':') || name === 'host')) return 'Envoy never removes pseudo-headers or host';
+    if (this.disallow?.test(name)) return 'matches disallow_expression of the mutation rules'; // 2.
+    if (this.allow?.test(name)) return undefined; // 3.
+    if (this.rules.disallowAll) return 'the mutation rules set disallow_all'; // 4.
     // 5. Routing headers.
-    if (!this.rules.allowAllRouting && ['host', ':authority', ':method', ':scheme'].includes(name)) return false;
+    if (!this.rules.allowAllRouting && ['host', ':authority', ':method', ':scheme'].includes(name)) {
+      return "Envoy's default mutation rules do not let ext_proc change host, :authority, :method or :scheme";
+    }
     // 6. Pseudo-headers never take a second value; disallow_system refuses them altogether.
-    if (name.startsWith(':') && (op === 'APPEND' || this.rules.disallowSystem)) return false;
+    if (name.startsWith(':') && op === 'APPEND') return 'a pseudo-header cannot take a second value';
+    if (name.startsWith(':') && this.rules.disallowSystem) return 'the mutation rules set disallow_system';
     // 7. The x-envoy prefix.
-    if (!this.rules.allowEnvoy && name.startsWith('x-envoy')) return false;
-    return true;
+    if (!this.rules.allowEnvoy && name.startsWith('x-envoy')) return "Envoy's default mutation rules protect x-envoy-* headers";
+    return undefined;
   }
 
-  private isValidValue(name: string, value: Buffer): boolean {
-    if (!name.startsWith(':') && !headerValueIsValid(value)) return false;
-    if ((name === 'host' || name === ':authority') && !authorityIsValid(value)) return false;
-    if (name === ':scheme' && !schemeIsValid(value)) return false;
+  private invalidValue(name: string, value: Buffer): string | undefined {
+    if (!name.startsWith(':') && !headerValueIsValid(value)) return 'the value has control characters';
+    if ((name === 'host' || name === ':authority') && !authorityIsValid(value)) return 'not a valid authority';
+    if (name === ':scheme' && !schemeIsValid(value)) return 'the scheme must be http or https';
     if (name === ':status') {
       const text = value.toString('latin1');
-      if (!/^\d+$/.test(text) || Number(text) < 200) return false;
+      if (!/^\d+$/.test(text) || Number(text) < 200) return 'not a final status code';
     }
-    return true;
+    return undefined;
   }
 }
 
@@ -227,6 +236,18 @@ export interface MutationContext {
   maxHeadersCount: number;
   maxHeadersKb: number;
   onRejected(): void;
+  /** Told about every set and remove, applied or not (explain reports them). */
+  observe?(entry: MutationEntry): void;
+}
+
+/** One set or remove of a header mutation as Envoy treated it. */
+export interface MutationEntry {
+  action: 'set' | 'remove';
+  name: string;
+  value?: string;
+  applied: boolean;
+  /** Why it was not applied. */
+  ignored?: string;
 }
 
 export type MutationResult = { ok: true } | { ok: false; error: string };
@@ -248,7 +269,8 @@ export function applyHeaderMutation(mutation: WireHeaderMutation, headers: Heade
       return { ok: false, error: 'Invalid character in remove_headers mutation.' };
     }
     const name = raw.toLowerCase();
-    const result = ctx.checker.check('REMOVE', name, Buffer.alloc(0));
+    const { result, reason } = ctx.checker.verdict('REMOVE', name, Buffer.alloc(0));
+    ctx.observe?.({ action: 'remove', name, applied: result === 'OK', ...(reason ? { ignored: reason } : {}) });
     if (result === 'OK') headers.remove(name);
     else {
       ctx.onRejected();
@@ -261,7 +283,10 @@ export function applyHeaderMutation(mutation: WireHeaderMutation, headers: Heade
     if (!option.header) continue;
     const key = option.header.key ?? '';
     // content-length is silently skipped when the mode makes Envoy remove it (§3.9).
-    if (ctx.removeContentLength && key.toLowerCase() === 'content-length') continue;
+    if (ctx.removeContentLength && key.toLowerCase() === 'content-length') {
+      ctx.observe?.({ action: 'set', name: 'content-length', value: (option.header.raw_value ?? Buffer.alloc(0)).toString('latin1'), applied: false, ignored: 'Envoy removes content-length in this body mode' });
+      continue;
+    }
     const value = option.header.value ?? '';
     const rawValue = option.header.raw_value ?? Buffer.alloc(0);
     if (ctx.rawValue && value.length > 0 && rawValue.length > 0) {
@@ -279,8 +304,9 @@ export function applyHeaderMutation(mutation: WireHeaderMutation, headers: Heade
     // keep_empty_value are ignored.
     const append = option.append?.value ?? false;
     const op: CheckOperation = append && headers.has(name) ? 'APPEND' : 'SET';
-    let result = ctx.checker.check(op, name, bytes);
-    if (ctx.replacingMessage && name === ':method') result = 'OK';
+    let { result, reason } = ctx.checker.verdict(op, name, bytes);
+    if (ctx.replacingMessage && name === ':method') [result, reason] = ['OK', undefined];
+    ctx.observe?.({ action: 'set', name, value: bytes.toString('latin1'), applied: result === 'OK', ...(reason ? { ignored: reason } : {}) });
     if (result === 'OK') {
       if (append) headers.addCopy(name, bytes);
       else headers.setCopy(name, bytes);
