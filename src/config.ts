@@ -4,6 +4,14 @@ import { z } from 'zod';
 
 const MiB = 1024 * 1024;
 
+/**
+ * Longest deployment name accepted in configuration and in request paths. Azure's public naming-rules page
+ * does not list model deployments; 64 is the limit Azure documents for the Cognitive Services account that
+ * holds them (learn.microsoft.com/azure/templates/microsoft.cognitiveservices/accounts: "2-64"), and longer
+ * names are not seen in practice.
+ */
+export const MAX_DEPLOYMENT_NAME_LENGTH = 64;
+
 const byteSize = z.coerce.number().int().positive();
 
 /** What to do with a request past a size limit or the global memory budget (issue 4). */
@@ -24,7 +32,7 @@ const LimitsSchema = z
 const deploymentName = z
   .string()
   .min(1)
-  .max(64)
+  .max(MAX_DEPLOYMENT_NAME_LENGTH)
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ".", "_" or "-", starting with a letter or digit')
   .refine((name) => name !== '.' && name !== '..', 'must not be "." or ".."');
 

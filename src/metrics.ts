@@ -5,7 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestKind } from './proto.js';
 import type { CallEnd, CallObserver } from './server.js';
-import type { CallResult, PassReason, RejectReason } from './stream.js';
+import { PASS_REASONS, REJECT_REASONS, type CallResult } from './call/index.js';
 
 export const METRIC_PREFIX = 'extproc_';
 
@@ -21,9 +21,9 @@ export const MESSAGE_DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001
  */
 export const CALL_DURATION_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 
-// Records keyed by the union types: adding a member to RequestKind / PassReason / CallEnd without listing
-// it here fails type-checking, so every series exists (at 0) from the first scrape and alerts on rate()
-// work before the first occurrence.
+// Every label value is listed (message kinds and call ends here, pass and reject reasons in
+// src/call/outcomes.ts), so every series exists (at 0) from the first scrape and alerts on rate() work
+// before the first occurrence. The Records are keyed by the union types: a new member fails type-checking.
 const MESSAGE_KINDS: Record<RequestKind, true> = {
   request_headers: true,
   request_body: true,
@@ -32,23 +32,6 @@ const MESSAGE_KINDS: Record<RequestKind, true> = {
   response_body: true,
   response_trailers: true,
 };
-const PASS_REASONS: Record<PassReason, true> = {
-  not_image_route: true,
-  not_rewritten_route: true,
-  method: true,
-  no_body: true,
-  content_type: true,
-  content_encoding: true,
-  no_model: true,
-  invalid_body: true,
-  partial_body: true,
-  body_mode_unknown: true,
-  body_not_sent: true,
-  needs_buffered_body: true,
-  too_large: true,
-  call_ended: true,
-};
-const REJECT_REASONS: Record<RejectReason, true> = { invalid_deployment: true, missing_model: true, body_too_large: true };
 const CALL_ENDS: Record<CallEnd, true> = { completed: true, cancelled: true, error: true };
 
 /** What the metrics read on each scrape from the running server. */

@@ -31,6 +31,18 @@ export function headerMutation(changes: HeaderChanges | undefined): HeaderMutati
   };
 }
 
+/**
+ * The first header whose new value Envoy would refuse: CR, LF and NUL are never valid in a header value
+ * (RFC 9110 §5.5), and other control bytes but tab are rejected by HTTP/2 codecs. Undefined when all are safe.
+ */
+export function unsafeHeaderValue(changes: HeaderChanges | undefined): string | undefined {
+  for (const [key, value] of changes?.set ?? []) {
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) return key;
+  }
+  return undefined;
+}
+
 export interface CommonChanges {
   headers?: HeaderChanges;
   /** Replacement body (whole buffered body, or this chunk's bytes in STREAMED mode). */

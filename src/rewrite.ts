@@ -1,7 +1,8 @@
 // What to do with one request, decided from its headers (and, for rewrites that need `model`, from its
 // body). Pure: config + request in, plain decisions out; src/stream.ts turns them into Envoy answers.
 import type { FieldRule, FieldRules, TouchedField } from './body/index.js';
-import type { Config } from './config.js';
+import type { Rejection } from './call/outcomes.js';
+import { MAX_DEPLOYMENT_NAME_LENGTH, type Config } from './config.js';
 import type { HeaderChanges } from './mutations.js';
 import {
   decodeDeployment,
@@ -15,16 +16,7 @@ import {
 
 type RewriteConfig = Config['rewrite'];
 
-/** A request refused with a local reply in Azure's error shape (STYLE lesson 7). */
-export interface Rejection {
-  status: number;
-  message: string;
-  type: string;
-  code: string;
-  param?: string;
-  /** Short token for %RESPONSE_CODE_DETAILS% and the metrics label. */
-  reason: 'invalid_deployment' | 'missing_model' | 'body_too_large';
-}
+export type { Rejection };
 
 export interface RequestPlan {
   route: ImageRoute;
@@ -75,17 +67,36 @@ export function jsonString(raw: Buffer): string | undefined {
   }
 }
 
-/** The deployment a model name maps to (table first, then the name itself if allowed). */
-export function deploymentFor(model: string, rewrite: RewriteConfig): string | undefined {
-  const mapped = rewrite.deployments[model];
-  if (mapped !== undefined) return mapped;
-  return rewrite.modelAsDeployment ? model : undefined;
+const deploymentTables = new WeakMap<RewriteConfig, ReadonlyMap<string, string>>();
+
+/**
+ * `rewrite.deployments` as a Map, built once per configuration snapshot. Names come from clients (`model`,
+ * the deployment segment), so they never index a plain object: `toString` or `__proto__` would find
+ * Object.prototype's members instead of nothing.
+ */
+function deploymentTable(rewrite: RewriteConfig): ReadonlyMap<string, string> {
+  let table = deploymentTables.get(rewrite);
+  if (!table) {
+    table = new Map(Object.entries(rewrite.deployments));
+    deploymentTables.set(rewrite, table);
+  }
+  return table;
 }
 
-/** A deployment name refused because it could leave its path segment (AZURE-IMAGES.md §6.5). */
+/** The deployment a configured model name or alias maps to, if the table has it. */
+export function mappedDeployment(name: string, rewrite: RewriteConfig): string | undefined {
+  return deploymentTable(rewrite).get(name);
+}
+
+/** The deployment a model name maps to (table first, then the name itself if allowed). */
+export function deploymentFor(model: string, rewrite: RewriteConfig): string | undefined {
+  return mappedDeployment(model, rewrite) ?? (rewrite.modelAsDeployment ? model : undefined);
+}
+
+/** A deployment name refused because it could leave its path segment or is longer than Azure allows. */
 export function invalidDeployment(name: string): Rejection | undefined {
   // decodeDeployment applies the same refusals as route matching to the decoded name.
-  if (decodeDeployment(encodeURIComponent(name)) !== undefined && name.length <= 256) return undefined;
+  if (decodeDeployment(encodeURIComponent(name)) !== undefined && name.length <= MAX_DEPLOYMENT_NAME_LENGTH) return undefined;
   return {
     status: 400,
     message: `The deployment name derived from 'model' is not a valid deployment name.`,
@@ -118,7 +129,7 @@ function v1ModelRule(rewrite: RewriteConfig): FieldRule | undefined {
     let name = model;
     const prefix = stripProviderPrefixes.find((candidate) => name.startsWith(candidate));
     if (prefix) name = name.slice(prefix.length);
-    if (mapModels && rewrite.deployments[name] !== undefined) name = rewrite.deployments[name]!;
+    if (mapModels) name = mappedDeployment(name, rewrite) ?? name;
     if (name === model) return 'keep';
     // JSON bodies carry the value as a JSON string; multipart parts carry the bare text.
     return { replace: Buffer.from(raw[0] === 0x22 ? JSON.stringify(name) : name, 'utf8') };
@@ -159,7 +170,7 @@ export function planRequest(config: Config, input: PlanInput): RequestPlan | Rej
 
   if (route.kind === 'deployment') {
     let deployment = route.deployment;
-    const alias = rewrite.aliasDeploymentRoutes ? rewrite.deployments[deployment] : undefined;
+    const alias = rewrite.aliasDeploymentRoutes ? mappedDeployment(deployment, rewrite) : undefined;
     if (alias !== undefined && alias !== deployment) {
       deployment = alias;
       path = deploymentPath(route.prefix, deployment, route.operation, '');

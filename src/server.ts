@@ -8,7 +8,7 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse, type RequestKind } from './proto.js';
 import { MemoryBudget } from './budget.js';
-import { CallProcessor, type CallResult } from './stream.js';
+import { CallProcessor, type CallResult, type PassReason } from './call/index.js';
 
 /** Receives one report per finished call (metrics, tests). */
 export interface CallObserver {
@@ -47,6 +47,14 @@ export interface RunningServer {
 }
 
 export const HEALTH_SERVICES = ['', EXT_PROC_SERVICE] as const;
+
+/** Pass reasons worth a warning: a body the server was asked to edit went upstream without the edit. */
+const UNEDITABLE: Partial<Record<PassReason, string>> = {
+  invalid_body: 'body is not what its content-type says: forwarded unchanged',
+  nesting_too_deep: 'JSON body nests too deeply to edit: forwarded unchanged',
+  member_too_large: 'a member to edit is larger than the hold-back limit: forwarded unchanged',
+  cut_by_trailers: 'STREAMED body cut short by trailers: bytes held back could not be sent (see docs/limits.md)',
+};
 
 function nodeSupportsResetGuardOptions(version = process.versions.node): boolean {
   const [major, minor] = version.split('.').map(Number) as [number, number];
@@ -147,7 +155,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   health.addToServer(server);
 
   let active = 0;
-  const processors = new Set<CallProcessor>();
   // Sized once at start: a reload cannot resize memory already promised to running calls.
   const budget = new MemoryBudget(config.limits.globalHeldBytes);
   const idleWaiters: Array<() => void> = [];
@@ -156,7 +163,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const started = performance.now();
     const processor = new CallProcessor(options.config(), { budget, ...(options.apiKey ? { apiKey: options.apiKey } : {}) });
     active++;
-    processors.add(processor);
     observer?.callStarted?.();
     let ended = false;
     let paused = false;
@@ -165,14 +171,15 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (ended) return;
       ended = true;
       active--;
-      processors.delete(processor);
       processor.close();
       const result = processor.finalResult();
       observer?.callFinished?.(result, performance.now() - started, how);
+      const requestId = processor.requestId;
       if (result.kind === 'rewritten') {
         const { report } = result;
         logger.info(
           {
+            requestId,
             route: report.route.kind,
             operation: report.route.operation,
             deployment: report.route.kind === 'deployment' ? report.route.deployment : undefined,
@@ -181,14 +188,16 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
             changes: report.changes,
             bytesBefore: report.bytesIn,
             bytesAfter: report.bytesOut,
+            ...(report.decompressed ? { decompressed: report.decompressed } : {}),
+            ...(report.stopped ? { stopped: report.stopped } : {}),
             durationMs: Math.round((performance.now() - started) * 1000) / 1000,
           },
           'request rewritten',
         );
-      } else if (result.reason === 'invalid_body') {
+      } else if (result.kind === 'passed' && UNEDITABLE[result.reason]) {
         logger.warn(
-          { route: result.route?.kind, operation: result.route?.operation, reason: result.detail },
-          'body is not what its content-type says: forwarded unchanged',
+          { requestId, route: result.route?.kind, operation: result.route?.operation, reason: result.reason, detail: result.detail },
+          UNEDITABLE[result.reason],
         );
       }
       if (active === 0) idleWaiters.splice(0).forEach((wake) => wake());
@@ -262,11 +271,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     addresses: { listen: withPort(config.listen, port), ...(healthAddress ? { health: healthAddress } : {}) },
     health,
     activeCalls: () => active,
-    heldBytes: () => {
-      let total = budget.held;
-      for (const processor of processors) total += processor.heldBytes;
-      return total;
-    },
+    // Every byte a call holds is reserved in the budget as it is held.
+    heldBytes: () => budget.held,
     setServing,
     async shutdown(deadlineMs: number): Promise<boolean> {
       setServing(false);

@@ -12,7 +12,7 @@ import { watchConfig, type ConfigWatcher } from '../src/config-watch.js';
 import { createLogger } from '../src/log.js';
 import type { ProcessingResponse } from '../src/proto.js';
 import { createSecretFile, createSecretFileSlot, type SecretFile } from '../src/secrets.js';
-import { CallProcessor } from '../src/stream.js';
+import { CallProcessor } from '../src/call/index.js';
 
 const DEBOUNCE_MS = 20;
 

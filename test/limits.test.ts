@@ -40,7 +40,9 @@ afterAll(async () => {
 });
 
 async function serverWith(limits: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<TestServer> {
-  const server = await startTestServer({ limits, ...extra });
+  // The stream threshold may not exceed maxBodyBytes (a body above it is never edited).
+  const threshold = typeof limits.maxBodyBytes === 'number' ? { streamThresholdBytes: Math.min(MiB, limits.maxBodyBytes) } : {};
+  const server = await startTestServer({ limits, ...threshold, ...extra });
   servers.push(server);
   return server;
 }

@@ -5,7 +5,7 @@ import { buildConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { MESSAGE_DURATION_BUCKETS, createMetrics } from '../src/metrics.js';
 import { startServer, type RunningServer } from '../src/server.js';
-import type { CallResult } from '../src/stream.js';
+import type { CallResult } from '../src/call/index.js';
 import { extProcClient, imageHeaders, openCall, requestHeaders, runCall } from './support/extproc-client.js';
 import { metricTypes, parsePrometheus, sampleValue } from './support/prometheus.js';
 

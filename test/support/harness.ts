@@ -3,7 +3,7 @@
 import pino from 'pino';
 import { buildConfig, type Config } from '../../src/config.js';
 import { startServer, type CallObserver, type RunningServer } from '../../src/server.js';
-import type { CallResult } from '../../src/stream.js';
+import type { CallResult } from '../../src/call/index.js';
 import { EnvoyEmulator, type EmulatorOptions, type Outcome, type UpstreamRequest } from '../envoy/emulator.js';
 
 export interface TestServer {

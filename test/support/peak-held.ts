@@ -1,7 +1,7 @@
 // Samples the server's held body bytes after every message it handles (vitest only: it spies on the
 // processor, so it lives apart from the harness the benchmarks import too).
 import { vi } from 'vitest';
-import { CallProcessor } from '../../src/stream.js';
+import { CallProcessor } from '../../src/call/index.js';
 import type { TestServer } from './harness.js';
 
 /** The largest heldBytes() after any message the server handled while `run` was in flight. */
