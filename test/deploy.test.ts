@@ -546,6 +546,11 @@ describe('the suggested admin port (/metrics, /healthz, /readyz)', () => {
     expect(found.length).toBeGreaterThanOrEqual(8);
     expect(found.filter((f) => !f.endsWith(`: ${ADMIN_PORT}`))).toEqual([]);
   });
+
+  it('Prometheus\'s own port is suggested nowhere any more, in code examples and error messages included', () => {
+    const files = ['docker-compose.yml', 'Dockerfile', 'README.md', ...['src', 'deploy', 'docs', 'examples'].flatMap(listFiles)];
+    expect(files.filter((file) => /\b9090\b/.test(read(file)))).toEqual([]);
+  });
 });
 
 /** Repository-relative paths of the files under `dir` (working tree). */
