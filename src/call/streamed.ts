@@ -71,7 +71,6 @@ export class Streamed implements BodyStrategy {
       // Held for verification: STREAMED answers the chunk with no bytes, FULL_DUPLEX does not answer yet.
       return this.mode === 'FULL_DUPLEX_STREAMED' ? [] : [bodyResponse('request', { body: Buffer.alloc(0) })];
     }
-    request.bytesOut += released.length;
     return this.mode === 'FULL_DUPLEX_STREAMED' && released.length === 0 && !this.ended ? [] : [this.answer(released, message, true)];
   }
 
@@ -90,7 +89,6 @@ export class Streamed implements BodyStrategy {
     if (released === 'rejected') return [this.rejection!];
     const bytes = released ?? Buffer.alloc(0);
     if (this.mode === 'STREAMED') return [];
-    this.request.bytesOut += bytes.length;
     // Trailers follow, so end_of_stream stays false; nothing to send means no answer at all (an empty
     // streamed_response would answer a chunk Envoy never sent).
     if (bytes.length === 0) return [];
@@ -143,6 +141,8 @@ export class Streamed implements BodyStrategy {
     if (this.ended || this.stopped) lease.track(0);
 
     const released = this.window ? this.throughWindow(chunk, out) : out;
+    // In STREAMED, bytes released by trailers cannot be sent (see beforeTrailers): they are not counted.
+    if (released !== undefined && this.stopped !== 'cut_by_trailers') this.request.bytesOut += released.length;
     if (released !== undefined && released.length > 0 && this.edits.outcome === 'edited') this.committed = true;
     if (this.ended) this.finish();
     return released;
