@@ -48,6 +48,9 @@ export interface RunningServer {
 
 export const HEALTH_SERVICES = ['', EXT_PROC_SERVICE] as const;
 
+/** After the last call ends, how long shutdown lets streams close by themselves before closing them. */
+const CLOSE_GRACE_MS = 250;
+
 /** Pass reasons worth a warning: a body the server was asked to edit went upstream without the edit. */
 const UNEDITABLE: Partial<Record<PassReason, string>> = {
   invalid_body: 'body is not what its content-type says: forwarded unchanged',
@@ -282,14 +285,19 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       const deadline = new Promise<'deadline'>((resolve) => {
         timer = setTimeout(() => resolve('deadline'), deadlineMs);
       });
-      const outcome = await Promise.race([Promise.all([idle, graceful]), deadline]);
-      clearTimeout(timer);
-      if (outcome === 'deadline') {
+      const outcome = await Promise.race([idle.then(() => 'idle' as const), deadline]);
+      if (outcome === 'idle') {
+        // Every call has ended. A stream can still be open at the HTTP/2 level when its call ended with an
+        // error before the peer half-closed; grpc-js would wait on it until the deadline. Give the final
+        // frames a moment to flush, then close what is left.
+        await Promise.race([graceful, new Promise((resolve) => setTimeout(resolve, CLOSE_GRACE_MS))]);
+      } else {
         logger.warn({ activeCalls: active }, 'shutdown deadline reached: closing remaining calls');
-        server.forceShutdown();
       }
+      clearTimeout(timer);
+      server.forceShutdown();
       healthServer?.forceShutdown();
-      return outcome !== 'deadline';
+      return outcome === 'idle';
     },
   };
 }

@@ -1,10 +1,10 @@
 // A small local stand-in for Azure OpenAI's image routes, for the compose demo, `npm run demo` and tests.
-// It enforces what matters to this project exactly as Azure does (reference AZURE-IMAGES.md §2.2, §5):
+// It enforces what matters to this project exactly as Azure OpenAI does:
 // a `model` in the body of a deployment-route request is a 400 "The model '<deployment>' does not
 // exist.", while on the v1 routes `model` is required and names the deployment. It never logs bodies or
 // credentials.
 //
-//   node dist/azure-standin.js        env PORT (8080), HOST (0.0.0.0), AZURE_DEPLOYMENTS (gpt-image-2-1),
+//   node dist/tools/azure-standin.js  env PORT (8080), HOST (0.0.0.0), AZURE_DEPLOYMENTS (gpt-image-2-1),
 //                                     AZURE_API_KEY (optional: when set, the only key accepted)
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
@@ -50,7 +50,7 @@ export const TINY_PNG_BASE64 =
 
 const MAX_BODY_BYTES = 256 * 1024 * 1024;
 
-// Exact bodies from AZURE-IMAGES.md §5 (IDs A, D, E) and the 401/404 texts of Azure's front end.
+// Azure OpenAI's exact error bodies for these cases, and the 401/404 texts of Azure's front end.
 const NOT_FOUND: Reply = { status: 404, body: { error: { code: '404', message: 'Resource not found' } } };
 const UNAUTHORIZED: Reply = {
   status: 401,
@@ -83,8 +83,8 @@ const invalidRequest = (message: string, param: string | null = null, code: stri
 const unknownParameter = (name: string) => invalidRequest(`Unknown parameter: '${name}'.`, name, 'unknown_parameter');
 const missingParameter = (name: string) => invalidRequest(`Missing required parameter: '${name}'.`, name, 'missing_required_parameter');
 
-// Fields gpt-image deployments reject (AZURE-IMAGES.md §2.4: response_format unsupported; extra_body is an
-// SDK artefact Azure answers with unknown_parameter).
+// Fields gpt-image deployments reject (response_format is unsupported for gpt-image models; extra_body is
+// an SDK artefact Azure answers with unknown_parameter).
 const REJECTED_FIELDS = ['response_format', 'extra_body'];
 
 const DEPLOYMENT_ROUTE = /^(?:\/[^/]+)*?\/openai\/deployments\/([^/]+)\/images\/(generations|edits)\/?$/i;
@@ -210,7 +210,7 @@ function imageResult(operation: Operation, fields: ImageFields): Reply {
   const usage = { input_tokens: 12, output_tokens: 272 * n, total_tokens: 12 + 272 * n, input_tokens_details: { text_tokens: 12, image_tokens: 0 } };
   const result = { created, data, usage };
   if (fields.get('stream') === 'true') {
-    // Event names from openai-node src/resources/images.ts (AZURE-IMAGES.md §6 item 15).
+    // Event names from openai-node src/resources/images.ts.
     return { status: 200, body: null, events: [{ event: `image_${operation === 'edits' ? 'edit' : 'generation'}.completed`, data: { type: `image_${operation === 'edits' ? 'edit' : 'generation'}.completed`, b64_json: TINY_PNG_BASE64, created_at: created, usage } }] };
   }
   return { status: 200, body: result };
@@ -236,8 +236,8 @@ function route(req: RecordedRequest, deployments: ReadonlySet<string>, apiKey: s
     const operation = deploymentMatch[2]!.toLowerCase() as Operation;
     const fields = readFields(operation, req.headers, req.body);
     if (!('has' in fields)) return fields;
-    // AZURE-IMAGES.md §5 A: any top-level `model` (whatever its value) is checked and fails for a
-    // deployment name; that is the bug this project fixes.
+    // Azure checks any top-level `model` (whatever its value) and fails for a deployment name; that is
+    // the bug this project fixes.
     if (fields.has('model')) return modelDoesNotExist(deployment);
     return imageResult(operation, fields);
   }
@@ -321,7 +321,7 @@ export async function startAzureStandin(options: StandinOptions = {}): Promise<S
   };
 }
 
-// Run directly (compose service `azure`): node dist/azure-standin.js
+// Run directly (compose service `azure`): node dist/tools/azure-standin.js
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const port = Number(process.env.PORT ?? 8080);
   const standin = await startAzureStandin({
