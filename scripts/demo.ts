@@ -1,9 +1,9 @@
 // `npm run demo`: the bug and the fix, side by side, without Docker or Envoy. Starts this server, a local
-// stand-in for Azure OpenAI (src/azure-standin.ts) and a small HTTP data path that plays Envoy through
+// stand-in for Azure OpenAI (tools/azure-standin.ts) and a small HTTP data path that plays Envoy through
 // the Envoy emulation of the test suite (test/envoy/), then sends the request of LiteLLM issue #26316
 // once straight to "Azure" and once through the filter.
 import pino from 'pino';
-import { startAzureStandin } from '../src/azure-standin.js';
+import { startAzureStandin } from '../tools/azure-standin.js';
 import { buildConfig } from '../src/config.js';
 import { startServer } from '../src/server.js';
 import { startDataPath } from '../test/envoy/data-path.js';
@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   const azure = await startAzureStandin({ port: 0, host: '127.0.0.1', deployments: [DEPLOYMENT], log: () => {} });
   const config = buildConfig({ listen: '127.0.0.1:0' });
   const server = await startServer({ config: () => config, logger: pino({ level: 'warn' }) });
-  // The recommended Envoy set-up (README, "Attach to your Envoy").
+  // The recommended Envoy set-up (README, "An Envoy you already run").
   const envoy = new EnvoyEmulator({
     target: server.addresses.listen,
     processingMode: { requestHeaderMode: 'SEND', responseHeaderMode: 'SKIP', requestBodyMode: 'NONE', responseBodyMode: 'NONE' },

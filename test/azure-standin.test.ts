@@ -1,5 +1,5 @@
-// The Azure stand-in (src/azure-standin.ts) over real HTTP: Azure's answers from AZURE-IMAGES.md §2.2 and
-// §5, byte for byte where the reference quotes them, and the bug itself reproduced with the real
+// The Azure stand-in (tools/azure-standin.ts) over real HTTP: Azure OpenAI's answers, byte for byte for the
+// error bodies, and the bug itself reproduced with the real
 // `openai` SDK's AzureOpenAI client.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { inflateSync } from 'node:zlib';
 import { AzureOpenAI } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { multipartBoundary, parseMultipart, startAzureStandin, TINY_PNG_BASE64, type Standin } from '../src/azure-standin.js';
+import { multipartBoundary, parseMultipart, startAzureStandin, TINY_PNG_BASE64, type Standin } from '../tools/azure-standin.js';
 
 const API = '?api-version=2025-04-01-preview';
 const DEP = '/openai/deployments/gpt-image-2-1';
@@ -59,7 +59,7 @@ describe('deployment routes', () => {
     expect(json.usage).toMatchObject({ total_tokens: expect.any(Number) });
   });
 
-  it('answers exactly Azure\'s 400 when the body carries model, whatever its value (§5 A)', async () => {
+  it('answers exactly Azure\'s 400 when the body carries model, whatever its value', async () => {
     for (const model of ['gpt-image-2-1', 'gpt-image-2', null, '']) {
       const res = await postJson(`${DEP}/images/generations${API}`, { model, ...SEED });
       expect(res.status).toBe(400);
@@ -100,7 +100,7 @@ describe('deployment routes', () => {
     expect(JSON.parse(wrongType.text).error.message).toMatch(/^Unsupported content type: 'multipart\/form-data/);
   });
 
-  it('400 unknown_parameter for response_format and extra_body (§5 D)', async () => {
+  it('400 unknown_parameter for response_format and extra_body', async () => {
     const res = await postJson(`${DEP}/images/generations${API}`, { ...SEED, response_format: 'b64_json' });
     expect(res.status).toBe(400);
     expect(JSON.parse(res.text)).toEqual({
@@ -127,7 +127,7 @@ describe('deployment routes', () => {
       expect(res.status).toBe(200);
     });
 
-    it('Azure\'s 400 when a model part is present (§5 A applies to edits too)', async () => {
+    it('Azure\'s 400 when a model part is present (edits too)', async () => {
       const res = await send(multipart([['image', PNG, 'a.png'], ['prompt', 'x'], ['model', 'gpt-image-2-1']]));
       expect(res).toMatchObject({ status: 400, text: MODEL_DOES_NOT_EXIST });
     });
@@ -233,7 +233,7 @@ describe('stand-in mechanics', () => {
   });
 
   it('runs as a program: PORT, AZURE_DEPLOYMENTS, a ready line, SIGTERM exits 0', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../src/azure-standin.ts')], {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../tools/azure-standin.ts')], {
       env: { ...process.env, PORT: '0', HOST: '127.0.0.1', AZURE_DEPLOYMENTS: 'a, b' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

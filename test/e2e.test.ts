@@ -4,7 +4,7 @@
 // body of a deployment route).
 import OpenAI, { AzureOpenAI, toFile } from 'openai';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startAzureStandin, type Standin } from '../src/azure-standin.js';
+import { startAzureStandin, type Standin } from '../tools/azure-standin.js';
 import { startDataPath, type DataPath } from './envoy/data-path.js';
 import type { EnvoyEmulator } from './envoy/emulator.js';
 import { binary, recommendedEnvoy, startTestServer, type TestServer } from './support/harness.js';
