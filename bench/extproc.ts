@@ -1,6 +1,6 @@
 // Server benchmarks through the Envoy emulation over loopback: pass-through calls against a no-op grpc-js
 // server, image requests with a 1 KiB JSON body, memory idle / under load / after, the same server under
-// the lean Envoy (bench/lean-envoy.ts), and a 100 MiB multipart edit streamed in 64 KiB chunks. The
+// a lean configuration of the same emulation, and a 100 MiB multipart edit streamed in 64 KiB chunks. The
 // servers run in child processes (bench/server-child.ts) built with tsc, each with a core to itself on a
 // two-core machine; this process is the load generator (the emulated Envoy) on the other.
 //
@@ -10,11 +10,10 @@ import { pathToFileURL } from 'node:url';
 import type { EnvoyEmulator } from '../test/envoy/emulator.js';
 import { EDITS_PATH, frames, multipartBody, multipartRequest, recommendedEnvoy } from '../test/support/harness.js';
 import type { BenchRow } from './editors.js';
-import { LeanEnvoy } from './lean-envoy.js';
 import { closedLoop, percentile, type LoadResult } from './load.js';
 import type { ChildSample } from './server-child.js';
 import { PRODUCTION_NODE_FLAGS, ServerProcess, buildServerChild } from './server-process.js';
-import { PASS_THROUGH, imageJson, run, type Workload } from './workload.js';
+import { PASS_THROUGH, imageJson, leanEnvoy, leanMix, run, type Workload } from './workload.js';
 
 const MiB = 1024 * 1024;
 
@@ -158,13 +157,10 @@ async function images(extproc: ServerProcess, idle: Idle): Promise<BenchRow[]> {
   ];
 }
 
-/**
- * The same server driven by the lean Envoy (the emulator's connection pool and stream close, no HTTP
- * filter): a cheaper client, so a higher rate and the server's CPU per call nearer to saturation.
- */
-async function leanMix(extproc: ServerProcess): Promise<BenchRow[]> {
-  const lean = new LeanEnvoy(extproc.address, { maxRequestsPerConnection: 900 });
-  const call = (i: number) => (i % 2 === 0 ? lean.imageCall() : lean.passThroughCall());
+/** The same server driven by the lean generator: a higher rate, the server's CPU per call nearer to saturation. */
+async function leanRows(extproc: ServerProcess): Promise<BenchRow[]> {
+  const lean = leanEnvoy(extproc.address);
+  const call = (i: number) => run(lean, leanMix(i));
   await closedLoop({ concurrency: IMAGE_CONCURRENCY, durationMs: WARM_UP_MS, call });
   await extproc.ask('reset');
   const result = await closedLoop({ concurrency: IMAGE_CONCURRENCY, durationMs: IMAGE_MS, call });
@@ -254,7 +250,7 @@ export async function benchExtProc(log: (line: string) => void = () => undefined
     log('image requests, 200 concurrent');
     rows.push(...(await images(extproc, idle)));
     log('lean Envoy mix, 200 concurrent');
-    rows.push(...(await leanMix(extproc)));
+    rows.push(...(await leanRows(extproc)));
     log('100 MiB streamed multipart edit');
     rows.push(...(await streamRows(entry)));
     return rows;

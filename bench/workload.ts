@@ -1,7 +1,7 @@
 // The requests the bench and the load tests send through the Envoy emulation, with what must reach the
 // upstream for each, so every call of a load run is checked and not only counted.
 import type { EnvoyEmulator, Outcome, SimulatedRequest } from '../test/envoy/emulator.js';
-import { DEPLOYMENT_PATH, EDITS_PATH, binary, frames, jsonRequest, multipartRequest } from '../test/support/harness.js';
+import { DEPLOYMENT_PATH, EDITS_PATH, binary, frames, jsonRequest, multipartRequest, recommendedEnvoy } from '../test/support/harness.js';
 
 /** A request and the upstream body it must produce (undefined: no body), or a client that goes away. */
 export interface Workload {
@@ -65,4 +65,20 @@ export function checkOutcome(outcome: Outcome, workload: Workload): string | und
 /** Sends `workload` through `envoy` and checks the outcome. */
 export async function run(envoy: EnvoyEmulator, workload: Workload): Promise<string | undefined> {
   return checkOutcome(await envoy.request(workload.request), workload);
+}
+
+/**
+ * The emulated Envoy as a lean load generator: the same model in the recommended set-up
+ * (max_requests_per_connection 900 included), without the transcript and the stall watchdog, so one
+ * core drives more calls. The filter behaves the same; every call is still checked.
+ */
+export function leanEnvoy(target: string): EnvoyEmulator {
+  return recommendedEnvoy(target, { messageTimeoutMs: 10_000, transcript: false, stallTimeoutMs: 0 });
+}
+
+const LEAN_IMAGE = imageJson(1024);
+
+/** The lean mix: even calls a 1 KiB image generation, odd calls a pass-through. */
+export function leanMix(index: number): Workload {
+  return index % 2 === 0 ? LEAN_IMAGE : PASS_THROUGH;
 }

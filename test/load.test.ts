@@ -1,27 +1,27 @@
 // Load through the Envoy emulation, every call closed the way Envoy >= 1.37 closes it (END_STREAM then
-// RST_STREAM at once, reference §6.6): a sustained run of over ten seconds mixing image and pass-through
-// requests and clients that walk away mid-upload, a burst of 1,000 concurrent calls, and memory afterwards.
+// RST_STREAM at once, docs/envoy-ext-proc.md#how-envoy-ends-a-call): a sustained run of over ten seconds
+// mixing image and pass-through requests and clients that walk away mid-upload, a burst of 1,000
+// concurrent calls, and memory afterwards.
 //
 // The server runs in a child process (bench/server-child.ts through tsx, with --expose-gc) so it has a core
 // of its own and its heap can be measured after a real full GC; this process is the emulated Envoy.
 // Every call's outcome is checked (upstream body byte-exact for image requests), not only counted.
 //
 // The full emulation costs this process several times what the server spends per call, so on two cores it
-// tops out near 1,000 calls/s. For the rate, a lean Envoy (bench/lean-envoy.ts: the emulation's connection
-// pool and stream close without its HTTP filter, answers checked) runs alongside it in the same window.
+// tops out near 1,000 calls/s. For the rate, a lean configuration of the same emulation (leanEnvoy in
+// bench/workload.ts: no transcript, answers checked) runs alongside it in the same window.
 //
 // The emulated Envoy caps each HTTP/2 connection at 900 streams, as the shipped envoy/envoy.yaml does: on
-// Node 20 the server cannot raise nghttp2's reset guard, and without the cap calls fail (reference P25,
-// test/p25.test.ts). message_timeout is 10 s instead of the shipped 200 ms because here the emulator is a
-// Node process sharing two cores with the server and with another test file: a 1,000-call burst takes
-// 1-2 s end to end, and a message can wait that long in the emulator's own event loop before the server
-// even sees it. A message timeout would be a failure of the load generator, not of the server.
+// Node 20 the server cannot raise nghttp2's reset guard, and without the cap calls fail
+// (docs/envoy-ext-proc.md#node-and-http2-stream-resets, test/p25.test.ts). message_timeout is 10 s
+// instead of the shipped 200 ms because here the emulator is a Node process sharing two cores with the
+// server and with another test file: a 1,000-call burst takes 1-2 s end to end, and a message can wait that
+// long in the emulator's own event loop before the server even sees it. A message timeout would be a failure of the load generator, not of the server.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { closedLoop, type LoadResult } from '../bench/load.js';
-import { LeanEnvoy } from '../bench/lean-envoy.js';
 import type { ChildSample } from '../bench/server-child.js';
 import { ServerProcess } from '../bench/server-process.js';
-import { PASS_THROUGH, abandonedUpload, imageJson, run, type Workload } from '../bench/workload.js';
+import { PASS_THROUGH, abandonedUpload, imageJson, leanEnvoy, leanMix, run, type Workload } from '../bench/workload.js';
 import type { EnvoyEmulator } from './envoy/emulator.js';
 import { recommendedEnvoy } from './support/harness.js';
 
@@ -55,7 +55,7 @@ function report(label: string, result: LoadResult): void {
 
 let server: ServerProcess;
 let envoy: EnvoyEmulator;
-let lean: LeanEnvoy;
+let lean: EnvoyEmulator;
 let baseline: { rss: number; heapUsed: number };
 
 /** The server's sample once the last calls' closes have reached it (they trail the client by a moment). */
@@ -77,7 +77,7 @@ async function settled(): Promise<{ rss: number; heapUsed: number; activeCalls: 
 beforeAll(async () => {
   server = await ServerProcess.fromSource('extproc');
   envoy = recommendedEnvoy(server.address, { maxRequestsPerConnection: 900, messageTimeoutMs: 10_000 });
-  lean = new LeanEnvoy(server.address, { maxRequestsPerConnection: 900 });
+  lean = leanEnvoy(server.address);
   // Warm up (JIT, metric series, buffers) so the baseline is the server's steady state, not its first breath.
   await closedLoop({ concurrency: CONCURRENCY, durationMs: 1500, call: (i) => run(envoy, mixed(i)) });
   baseline = await settled();
@@ -95,7 +95,7 @@ describe('load through the emulated Envoy (>= 1.37 stream close, max_requests_pe
     const generatorCpu = process.cpuUsage();
     const [emulated, leaner] = await Promise.all([
       closedLoop({ concurrency: CONCURRENCY, durationMs: SUSTAIN_MS, call: (i) => run(envoy, mixed(i)) }),
-      closedLoop({ concurrency: LEAN_CONCURRENCY, durationMs: SUSTAIN_MS, call: (i) => (i % 2 === 0 ? lean.imageCall() : lean.passThroughCall()) }),
+      closedLoop({ concurrency: LEAN_CONCURRENCY, durationMs: SUSTAIN_MS, call: (i) => run(lean, leanMix(i)) }),
     ]);
     const served = await quiet();
     const generator = process.cpuUsage(generatorCpu);

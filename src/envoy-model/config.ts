@@ -90,8 +90,13 @@ export interface ModelOptions {
     streamCloseOptimization?: boolean;
   };
   /**
+   * Not Envoy: keep every message and note in the outcome's transcript (default true). A load generator
+   * turns it off: the filter behaves the same, the outcome's transcript is empty.
+   */
+  transcript?: boolean;
+  /**
    * Not Envoy: if a simulated request makes no progress for this long (a state in which real Envoy
-   * would hang, e.g. FULL_DUPLEX without an answer), request() rejects. Default 10 s.
+   * would hang, e.g. FULL_DUPLEX without an answer), request() rejects. Default 10 s; 0 = no watchdog.
    */
   stallTimeoutMs?: number;
 }
@@ -184,6 +189,7 @@ export interface FilterConfig {
   allowContentLengthHeader: boolean;
   failCloseSpuriousResp: boolean;
   streamCloseOptimization: boolean;
+  transcript: boolean;
   perRoute?: (requestHeaders: HeaderList) => PerRouteConfig | undefined;
 }
 
@@ -225,6 +231,7 @@ export function resolveConfig(options: ModelOptions): FilterConfig {
     allowContentLengthHeader: options.allowContentLengthHeader ?? false,
     failCloseSpuriousResp: options.runtime?.failCloseSpuriousResp ?? features.spuriousFailsClosed,
     streamCloseOptimization: options.runtime?.streamCloseOptimization ?? features.earlyClose,
+    transcript: options.transcript ?? true,
     perRoute: options.perRoute,
   };
 }

@@ -116,6 +116,8 @@ export class ExtProcFilter {
   readonly encoding: ProcessorState;
   readonly counters: Counters = Object.fromEntries(COUNTER_NAMES.map((n) => [n, 0])) as Counters;
   readonly transcript: TranscriptEntry[] = [];
+  /** Every message the server sent, accepted or not. */
+  messagesReceived = 0;
   processingComplete = false;
   streamClosedBy: StreamCloseReason = 'not-opened';
   serverStatus: { code: number; details: string } | undefined;
@@ -152,7 +154,7 @@ export class ExtProcFilter {
   }
 
   note(kind: string, message?: unknown): void {
-    this.transcript.push({ atMs: this.env.now(), direction: 'note', kind, message });
+    if (this.config.transcript) this.transcript.push({ atMs: this.env.now(), direction: 'note', kind, message });
   }
 
   // -- stream lifecycle --
@@ -194,6 +196,7 @@ export class ExtProcFilter {
   private send(request: Record<string, unknown>): void {
     this.stream?.send(request);
     this.counters.stream_msgs_sent++;
+    if (!this.config.transcript) return;
     const kind = Object.keys(request).find((k) => /^(request|response)_(headers|body|trailers)$/.test(k)) ?? 'unknown';
     this.transcript.push({ atMs: this.env.now(), direction: 'envoy->server', kind, message: request });
   }
@@ -496,7 +499,8 @@ export class ExtProcFilter {
 
   onReceiveMessage(raw: unknown): void {
     const response = raw as WireProcessingResponse;
-    this.transcript.push({ atMs: this.env.now(), direction: 'server->envoy', kind: response.response ?? 'none', message: raw });
+    this.messagesReceived++;
+    if (this.config.transcript) this.transcript.push({ atMs: this.env.now(), direction: 'server->envoy', kind: response.response ?? 'none', message: raw });
     // P8: anything after processing completed is ignored.
     if (this.processingComplete) return;
 

@@ -304,7 +304,7 @@ export class HttpStream {
       };
       this.waiters.add(check);
       check();
-      if (!this.waiters.has(check)) return;
+      if (!this.waiters.has(check) || this.settings.stallTimeoutMs === 0) return;
       timer = setTimeout(() => {
         this.waiters.delete(check);
         reject(
@@ -478,7 +478,7 @@ export class HttpStream {
       counters: { ...f.counters },
       dynamicMetadata: structuredClone(this.dynamicMetadata),
       messagesSent: f.counters.stream_msgs_sent,
-      messagesReceived: f.transcript.filter((t) => t.direction === 'server->envoy').length,
+      messagesReceived: f.messagesReceived,
       streamClosedBy: f.streamClosedBy,
       serverStatus: f.serverStatus,
       transcript: f.transcript,
