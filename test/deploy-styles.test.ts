@@ -515,3 +515,50 @@ describe('several Azure resources behind one Envoy (envoy/envoy-multi-resource.y
     }
   });
 });
+
+// ---------------------------------------------------------------------------------------------------
+// Where each style sets the server's address (docs/deployment-styles.md).
+
+/** The server's address as each file sets it, in the words of the docs table. */
+function addressesIn(file: string): string[] {
+  const endpointOf = (c: Any) => {
+    const address = c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address;
+    return address.pipe ? [address.pipe.path] : [`${address.socket_address.address}:${address.socket_address.port_value}`];
+  };
+  switch (file) {
+    case 'envoy/envoy.yaml':
+    case 'envoy/envoy-uds.yaml':
+    case 'envoy/envoy-multi-resource.yaml':
+      return endpointOf(cluster(envoyApi().decodeBootstrapFile(path.join(ROOT, file)), 'extproc'));
+    case 'deploy/pool/envoy-cluster.yaml':
+      return endpointOf(YAML.parse(read(file)));
+    case 'deploy/istio/envoy-filter.yaml':
+      return endpointOf(one(readManifests(file), 'EnvoyFilter').spec.configPatches.find((p: Any) => p.applyTo === 'CLUSTER').patch.value);
+    case 'deploy/gateway/extension-policy.yaml': {
+      const ref = one(readManifests(file), 'EnvoyExtensionPolicy').spec.extProc[0].backendRefs[0];
+      return [ref.name, ref.namespace, String(ref.port)];
+    }
+  }
+  throw new Error(`no address reader for ${file}`);
+}
+
+describe('where the server\'s address is set (docs/deployment-styles.md)', () => {
+  const doc = read('docs/deployment-styles.md');
+  const table = doc.slice(doc.indexOf('## Where the server\'s address is set'));
+  const rows = table
+    .split('\n')
+    .filter((line) => line.startsWith('| ') && !line.startsWith('| style') && !line.startsWith('| ---'))
+    .map((line) => line.split('|').map((cell) => cell.trim()));
+  const ticks = (cell: string) => [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
+
+  it('lists every style', () => {
+    expect(rows.map((r) => r[1])).toEqual(['Compose', 'An Envoy you run', 'Kubernetes sidecar', 'Shared pool', 'Envoy Gateway', 'Istio', 'Several resources']);
+  });
+
+  it.each(rows.map((r) => [r[1]!, r] as const))('%s: the shipped value is what the file sets', (_style, row) => {
+    const file = ticks(row[2]!)[0]!;
+    const stated = ticks(row[4]!);
+    for (const value of addressesIn(file)) expect(stated, `${file}: ${value}`).toContain(value);
+  });
+});
+
