@@ -1,5 +1,5 @@
 // Self-tests of the Envoy emulation (test/envoy/) against small scripted ext_proc servers, most of
-// them misbehaving on purpose. Each test pins one rule of /work/shared/reference/ENVOY-EXTPROC.md.
+// them misbehaving on purpose. Each test pins one rule of docs/envoy-ext-proc.md.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,7 +51,7 @@ const mutatingRequestHeaders = (mutation: object) => answeringKind('request_head
 const POST = (path = '/v1/x', extra: Record<string, string> = {}) => requestHeaders('POST', path, extra);
 const GET = (path = '/v1/x') => requestHeaders('GET', path);
 
-describe('what Envoy sends (§1.2, §2.1, §3.1)', () => {
+describe('what Envoy sends', () => {
   it('sends lower-case keys with values in raw_value, pseudo-headers and HCM extras, end_of_stream without a body', async () => {
     const s = await server(answering());
     const out = await envoy(s.target).request({ headers: [[':method', 'GET'], [':path', '/a?b=1'], ['Host', 'h.test'], ['X-Custom', 'V1'], ['x-custom', 'v2']] });
@@ -89,8 +89,8 @@ describe('what Envoy sends (§1.2, §2.1, §3.1)', () => {
   });
 });
 
-describe('header mutations (§2.2, §2.3)', () => {
-  it('a value-only header becomes an empty header (P1)', async () => {
+describe('header mutations', () => {
+  it('a value-only header becomes an empty header', async () => {
     const s = await server(mutatingRequestHeaders({ set_headers: [{ header: { key: 'x-api-key', value: 'secret' } }] }));
     const up = upstreamOf(await envoy(s.target).request({ headers: GET() }));
     expect(getHeader(up.headers, 'x-api-key')).toBe('');
@@ -156,7 +156,7 @@ describe('header mutations (§2.2, §2.3)', () => {
   });
 });
 
-describe('response matching and failures (§6.1, §6.2)', () => {
+describe('response matching and failures', () => {
   const wrongKind = answeringKind('request_headers', { response_headers: { response: {} } });
 
   it('a response of the wrong kind is spurious: 500 from 1.35 on', async () => {
@@ -175,7 +175,7 @@ describe('response matching and failures (§6.1, §6.2)', () => {
     expect(out.streamClosedBy).toBe('envoy-spurious');
   });
 
-  it('a response without any oneof member (only dynamic_metadata) is spurious (P19)', async () => {
+  it('a response without any oneof member (only dynamic_metadata) is spurious', async () => {
     const s = await server(answering(() => ({ dynamic_metadata: { fields: {} } })));
     expect(localReplyOf(await envoy(s.target).request({ headers: GET() })).details).toBe('unhandled_message');
   });
@@ -234,12 +234,12 @@ describe('response matching and failures (§6.1, §6.2)', () => {
     expect((await envoy(s.target, { failureModeAllow: true }).request({ headers: GET() })).kind).toBe('upstream');
   });
 
-  it('an unreachable server: 500 (P13)', async () => {
+  it('an unreachable server: 500', async () => {
     const out = await envoy('127.0.0.1:1').request({ headers: GET() });
     expect(localReplyOf(out).status).toBe(500);
   });
 
-  it('ending with an error after the last answer still fails the request while Envoy keeps the stream (P22, < 1.37)', async () => {
+  it('ending with an error after the last answer still fails the request while Envoy keeps the stream (< 1.37)', async () => {
     const s = await server(async (call) => {
       const m = await call.next();
       call.send(continueFor(m));
@@ -258,7 +258,7 @@ describe('response matching and failures (§6.1, §6.2)', () => {
   });
 });
 
-describe('content-length (§3.9)', () => {
+describe('content-length', () => {
   const mutateBody = (fixLength: boolean) =>
     answeringKind('request_body', {
       request_body: {
@@ -269,7 +269,7 @@ describe('content-length (§3.9)', () => {
       },
     });
 
-  it('BUFFERED + headers SEND: a mutated body with the old content-length is a 500 (P3)', async () => {
+  it('BUFFERED + headers SEND: a mutated body with the old content-length is a 500', async () => {
     const s = await server(mutateBody(false));
     const out = localReplyOf(await envoy(s.target, { processingMode: { requestBodyMode: 'BUFFERED' } }).request({ headers: POST('/x', { 'content-length': '3' }), body: Buffer.from('abc') }));
     expect(out.status).toBe(500);
@@ -283,7 +283,7 @@ describe('content-length (§3.9)', () => {
     expect(getHeader(up.headers, 'content-length')).toBe('11');
   });
 
-  it('STREAMED removes content-length at header time (server still sees it) and drops it from set_headers (P4)', async () => {
+  it('STREAMED removes content-length at header time (server still sees it) and drops it from set_headers', async () => {
     const s = await server(mutatingRequestHeaders({ set_headers: [setHeader('content-length', '3')] }));
     const up = upstreamOf(await envoy(s.target, { processingMode: { requestBodyMode: 'STREAMED' } }).request({ headers: POST('/x', { 'content-length': '3' }), body: Buffer.from('abc') }));
     expect(wireHeader(s.calls[0].received[0].request_headers, 'content-length')).toBe('3');
@@ -291,7 +291,7 @@ describe('content-length (§3.9)', () => {
     expect(up.contentLengthRemoved).toBe(true);
   });
 
-  it('NONE overridden to STREAMED keeps the original content-length (P5)', async () => {
+  it('NONE overridden to STREAMED keeps the original content-length', async () => {
     const s = await server(answeringKind('request_headers', { request_headers: { response: {} }, mode_override: { request_body_mode: 'STREAMED' } }));
     const out = await envoy(s.target, { allowModeOverride: true }).request({ headers: POST('/x', { 'content-length': '3' }), body: Buffer.from('abc') });
     const up = upstreamOf(out);
@@ -307,10 +307,10 @@ describe('content-length (§3.9)', () => {
   });
 });
 
-describe('mode_override (§4)', () => {
+describe('mode_override', () => {
   const toBuffered = answeringKind('request_headers', { request_headers: { response: {} }, mode_override: { request_body_mode: 'BUFFERED' } });
 
-  it('NONE -> BUFFERED with end_of_stream headers: no body message ever (P7)', async () => {
+  it('NONE -> BUFFERED with end_of_stream headers: no body message ever', async () => {
     const s = await server(toBuffered);
     const out = await envoy(s.target, { allowModeOverride: true }).request({ headers: GET() });
     upstreamOf(out);
@@ -332,7 +332,7 @@ describe('mode_override (§4)', () => {
     expect(s.calls[0].received.map((m) => m.request)).toEqual(['request_headers']);
   });
 
-  it('is ignored unless it equals an allowed_override_modes entry (raw enum values, P10)', async () => {
+  it('is ignored unless it equals an allowed_override_modes entry (raw enum values)', async () => {
     const s = await server(toBuffered);
     // Filter config leaves response_header_mode DEFAULT, so an entry saying SEND does not match.
     await envoy(s.target, { allowModeOverride: true, allowedOverrideModes: [{ requestBodyMode: 'BUFFERED', responseHeaderMode: 'SEND' }] }).request({ headers: POST(), body: Buffer.from('abc') });
@@ -362,13 +362,13 @@ describe('mode_override (§4)', () => {
   });
 });
 
-describe('route cache (§2.4)', () => {
+describe('route cache', () => {
   const rewrite = (withMutation: boolean) =>
     answeringKind('request_headers', {
       request_headers: { response: { clear_route_cache: true, ...(withMutation ? { header_mutation: { set_headers: [setHeader(':path', '/new')] } } : {}) } },
     });
 
-  it('clear_route_cache without a header_mutation is ignored (P9)', async () => {
+  it('clear_route_cache without a header_mutation is ignored', async () => {
     const s = await server(rewrite(false));
     const out = await envoy(s.target).request({ headers: GET() });
     expect(upstreamOf(out).routeRecomputed).toBe(false);
@@ -384,7 +384,7 @@ describe('route cache (§2.4)', () => {
   });
 });
 
-describe('body modes (§3)', () => {
+describe('body modes', () => {
   it('STREAMED pipelines every chunk before any answer and re-injects answers in order', async () => {
     const s = await server(async (call) => {
       const headers = await call.next();
@@ -428,7 +428,7 @@ describe('body modes (§3)', () => {
     expect(upstreamOf(out).trailers).toEqual([['x-checksum', '1']]);
   });
 
-  it('header mutations in STREAMED body responses are ignored, in BUFFERED applied (P18)', async () => {
+  it('header mutations in STREAMED body responses are ignored, in BUFFERED applied', async () => {
     const script = answeringKind('request_body', { request_body: { response: { header_mutation: { set_headers: [setHeader('x-from-body', '1')] } } } });
     const s = await server(script);
     const streamed = upstreamOf(await envoy(s.target, { processingMode: { requestBodyMode: 'STREAMED' } }).request({ headers: POST(), body: Buffer.from('a') }));
@@ -493,7 +493,7 @@ describe('body modes (§3)', () => {
   });
 });
 
-describe('immediate responses and dynamic metadata (§6.4, §6.5)', () => {
+describe('immediate responses and dynamic metadata', () => {
   it('status below 200 becomes 200; body, details and header mutation (raw_value) are applied', async () => {
     const s = await server(answering(() => ({ immediate_response: { status: { code: 100 }, body: Buffer.from('{"e":1}'), details: 'bad request shape', headers: { set_headers: [setHeader('content-type', 'application/json')] } } })));
     const out = localReplyOf(await envoy(s.target).request({ headers: GET() }));
@@ -513,7 +513,7 @@ describe('immediate responses and dynamic metadata (§6.4, §6.5)', () => {
   });
 });
 
-describe('stream lifecycle (§6.6, P25)', () => {
+describe('stream lifecycle', () => {
   it('Envoy closes with half-close then cancel: the server sees end, then cancelled', async () => {
     const s = await server(answering());
     const out = await envoy(s.target, { processingMode: { responseHeaderMode: 'SKIP' } }).request({ headers: GET() });
@@ -565,7 +565,7 @@ describe('stream lifecycle (§6.6, P25)', () => {
     expect(out.kind === 'upstream' && out.response?.body.toString()).toBe('ok');
   });
 
-  it('ignores a message sent after processing completed (P8)', async () => {
+  it('ignores a message sent after processing completed', async () => {
     const s = await server(answering((m) => [continueFor(m), continueFor(m)]));
     const out = await envoy(s.target, { envoyVersion: '1.37', processingMode: { responseHeaderMode: 'SKIP' } }).request({ headers: GET() });
     expect(out.kind).toBe('upstream');

@@ -1,5 +1,5 @@
 // Configuration of the emulated ext_proc filter: the Envoy ExternalProcessor fields (camelCase), the
-// version switches, and the ProcessingMode rules of reference §1.5 and §4.
+// version switches, and the ProcessingMode rules (docs/envoy-ext-proc.md#processing-modes and #mode_override).
 import type { ForwardRules, HeaderList, MutationRules } from './headers.js';
 
 export type HeaderSendMode = 'DEFAULT' | 'SEND' | 'SKIP';
@@ -18,7 +18,7 @@ export interface ProcessingModeConfig {
 /** A ProcessingMode with every field present (proto3 defaults filled in: DEFAULT / NONE). */
 export type FullProcessingMode = Required<ProcessingModeConfig>;
 
-/** ExtProcPerRoute, as returned by the `perRoute` hook for the request's route (§4). */
+/** ExtProcPerRoute, as returned by the `perRoute` hook for the request's route (docs/envoy-ext-proc.md#per-route-settings). */
 export interface PerRouteConfig {
   /** Header modes SKIP, bodies NONE, trailers off: no gRPC stream at all. */
   disabled?: true;
@@ -103,7 +103,7 @@ export interface ModelOptions {
 
 export type BodyArrival = 'after-headers-response' | 'with-headers';
 
-/** Version-dependent behaviour (reference §10), decided once per emulator. */
+/** Version-dependent behaviour (docs/envoy-ext-proc.md#version-history), decided once per emulator. */
 export interface VersionFeatures {
   version: [number, number];
   /** 1.27: raw_value instead of value (>= 1.32: the only code path). */
@@ -236,7 +236,7 @@ export function resolveConfig(options: ModelOptions): FilterConfig {
   };
 }
 
-// ---- mode_override (§4) --------------------------------------------------------------------------
+// ---- mode_override (docs/envoy-ext-proc.md#mode_override) ---------------------------------------
 
 /**
  * effectiveModeOverride (ext_proc.cc, PR #38254, 1.34): start from the FILTER-level mode; header and
@@ -258,7 +258,7 @@ export function effectiveModeOverride(override: FullProcessingMode, filterLevel:
 
 /**
  * allowed_override_modes: the effective mode must equal one entry field by field, comparing the raw
- * enum values (DEFAULT != SEND, P10). request_header_mode is ignored since 1.34 (PR #38393).
+ * enum values (DEFAULT != SEND, docs/envoy-ext-proc.md#mode_override). request_header_mode is ignored since 1.34 (PR #38393).
  */
 export function overrideAllowed(mode: FullProcessingMode, allowed: FullProcessingMode[], ignoreRequestHeaderMode: boolean): boolean {
   if (allowed.length === 0) return true;

@@ -1,7 +1,7 @@
 // The ext_proc HTTP filter, ported from Envoy (source/extensions/filters/http/ext_proc/ext_proc.cc,
-// Filter::*, late 2025 = 1.37 semantics, with the version switches of reference §10); the per-direction
-// state is in processor-state.ts. Method names follow Envoy's so the two can be read side by side; the
-// comments cite /work/shared/reference/ENVOY-EXTPROC.md.
+// Filter::*, late 2025 = 1.37 semantics, with the version switches of docs/envoy-ext-proc.md#version-history); the
+// per-direction state is in processor-state.ts. Method names follow Envoy's so the two can be read side by
+// side; the comments cite docs/envoy-ext-proc.md, which says the same in words, with links to Envoy's docs.
 import type { FilterConfig } from './config.js';
 import { effectiveModeOverride, fullMode, modeFromWire, overrideAllowed } from './config.js';
 import type { HeaderMap } from './headers.js';
@@ -107,7 +107,7 @@ export const COUNTER_NAMES = [
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export type Counters = Record<CounterName, number>;
 
-// ---- Filter --------------------------------------------------------------------------------------
+// ---- Filter -------------------------------------------------------------------------------------
 
 type OpenState = 'Ok' | 'IgnoreError' | 'Error';
 
@@ -162,7 +162,7 @@ export class ExtProcFilter {
   private openStream(): OpenState {
     if (this.processingComplete) return 'IgnoreError';
     if (!this.stream) {
-      // One gRPC stream per HTTP request, opened lazily when there is something to send (§5).
+      // One gRPC stream per HTTP request, opened lazily when there is something to send (docs/envoy-ext-proc.md#message-order).
       this.stream = this.env.openStream(this.initialMetadata);
       this.counters.streams_started++;
     }
@@ -179,7 +179,7 @@ export class ExtProcFilter {
     this.stream = null;
   }
 
-  /** closeStreamMaybeGraceful: graceful close is off by default (§6.6), so a plain close. */
+  /** closeStreamMaybeGraceful: graceful close is off by default (docs/envoy-ext-proc.md#how-envoy-ends-a-call), so a plain close. */
   private closeStreamMaybeGraceful(reason: StreamCloseReason): void {
     this.processingComplete = true;
     this.closeStream(reason);
@@ -201,7 +201,7 @@ export class ExtProcFilter {
     this.transcript.push({ atMs: this.env.now(), direction: 'envoy->server', kind, message: request });
   }
 
-  /** Per-route ExtProcPerRoute, merged once at decodeHeaders (§4). */
+  /** Per-route ExtProcPerRoute, merged once at decodeHeaders (docs/envoy-ext-proc.md#per-route-settings). */
   private mergePerRouteConfig(headers: HeaderMap): void {
     const perRoute = this.config.perRoute?.(headers.toList());
     if (!perRoute) return;
@@ -227,17 +227,17 @@ export class ExtProcFilter {
     }
   }
 
-  /** Once body data went out in FULL_DUPLEX_STREAMED, failure_mode_allow no longer applies (§3.6). */
+  /** Once body data went out in FULL_DUPLEX_STREAMED, failure_mode_allow no longer applies (docs/envoy-ext-proc.md#full_duplex_streamed). */
   private failureModeAllow(): boolean {
     const duplexBody = (s: ProcessorState) => s.bodyMode === 'FULL_DUPLEX_STREAMED' && s.bodyReceived;
     if (duplexBody(this.decoding) || duplexBody(this.encoding)) return false;
     return this.failureModeAllowSetting;
   }
 
-  // -- building requests (§1.2, §2.1) --
+  // -- building requests (docs/envoy-ext-proc.md#the-service-and-its-messages, #headers-envoy-sends) --
 
   private encodeProtocolConfig(request: Record<string, unknown>): void {
-    // protocol_config on the first message of the stream only (1.34+, P20).
+    // protocol_config on the first message of the stream only (1.34+, docs/envoy-ext-proc.md#the-service-and-its-messages).
     if (this.protocolConfigEncoded || !this.config.features.protocolConfig) return;
     request.protocol_config = {
       request_body_mode: this.decoding.bodyMode,
@@ -257,7 +257,7 @@ export class ExtProcFilter {
     request.metadata_context = { filter_metadata: filterMetadata, typed_filter_metadata: {} };
   }
 
-  /** attributes: first message of a direction, only when configured (§6.5). */
+  /** attributes: first message of a direction, only when configured (docs/envoy-ext-proc.md#dynamic-metadata). */
   private addAttributes(state: ProcessorState, request: Record<string, unknown>, requestHeaders: HeaderMap | null): void {
     const names = state.direction === 'request' ? this.config.requestAttributes : this.config.responseAttributes;
     if (state.attributesSent || names.length === 0 || !requestHeaders) return;
@@ -333,7 +333,7 @@ export class ExtProcFilter {
     this.requestHeaders = headers;
     let status: HeadersStatus = 'Continue';
     if (this.decoding.sendHeaders) status = this.onHeaders(this.decoding, headers, endStream);
-    // §3.9: removed after the headers message was built (the server saw it), by the mode in force now.
+    // docs/envoy-ext-proc.md#content-length: removed after the headers message was built (the server saw it), by the mode in force now.
     if (!this.processingComplete && this.decoding.shouldRemoveContentLength()) headers.remove('content-length');
     return status;
   }
@@ -343,7 +343,7 @@ export class ExtProcFilter {
     let status: HeadersStatus = 'Continue';
     if (!this.processingComplete && this.encoding.sendHeaders) status = this.onHeaders(this.encoding, headers, endStream);
     if (!this.processingComplete && this.encoding.shouldRemoveContentLength()) headers.remove('content-length');
-    // §6.6 (b), 1.37 (PR #41425): nothing to do on the response path, so close now.
+    // docs/envoy-ext-proc.md#how-envoy-ends-a-call, 1.37 (PR #41425): nothing to do on the response path, so close now.
     if (this.config.features.earlyClose && this.encoding.noExternalProcess()) {
       this.closeStreamMaybeGraceful('envoy-no-response-processing');
     }
@@ -364,7 +364,7 @@ export class ExtProcFilter {
       const sendsNow =
         (state.bodyMode === 'STREAMED' && this.config.sendBodyWithoutWaitingForHeaderResponse) || state.bodyMode === 'FULL_DUPLEX_STREAMED';
       if (!sendsNow) {
-        // §3.1: held until the headers response. BUFFERED buffers against the limit (413, 1.35+),
+        // docs/envoy-ext-proc.md#bodies: held until the headers response. BUFFERED buffers against the limit (413, 1.35+),
         // other modes apply flow control only.
         state.paused = true;
         return state.bodyMode === 'BUFFERED' && this.config.features.bufferedOverflowWhileWaiting
@@ -386,7 +386,7 @@ export class ExtProcFilter {
     }
   }
 
-  /** §3.3: buffer everything; one message with the whole body at end of stream. */
+  /** docs/envoy-ext-proc.md#buffered: buffer everything; one message with the whole body at end of stream. */
   private handleDataBufferedMode(state: ProcessorState, holder: { data: Buffer }, endStream: boolean): DataStatus {
     if (!endStream) {
       state.paused = true;
@@ -404,7 +404,7 @@ export class ExtProcFilter {
     return 'StopIterationNoBuffer';
   }
 
-  /** §3.4 / §3.6: every chunk goes out at once (pipelined); FULL_DUPLEX drains the original data. */
+  /** docs/envoy-ext-proc.md#streamed, docs/envoy-ext-proc.md#full_duplex_streamed: every chunk goes out at once (pipelined); FULL_DUPLEX drains the original data. */
   private handleDataStreamedModeBase(state: ProcessorState, holder: { data: Buffer }, endStream: boolean): DataStatus {
     const open = this.openStream();
     if (open === 'Error') return 'StopIterationNoBuffer';
@@ -421,7 +421,7 @@ export class ExtProcFilter {
     return 'Continue';
   }
 
-  /** §3.5: queue up to the buffer limit, send once (eos or limit), then let the rest flow. */
+  /** docs/envoy-ext-proc.md#buffered_partial: queue up to the buffer limit, send once (eos or limit), then let the rest flow. */
   private handleDataBufferedPartialMode(state: ProcessorState, holder: { data: Buffer }, endStream: boolean): DataStatus {
     if (state.partialBodyProcessed) {
       state.headers = null;
@@ -462,7 +462,7 @@ export class ExtProcFilter {
       const open = this.openStream();
       if (open === 'Error') return 'StopIteration';
       if (open === 'IgnoreError') return 'Continue';
-      // §3.3: the body message ends with end_of_stream false; trailers follow if SEND.
+      // docs/envoy-ext-proc.md#buffered: the body message ends with end_of_stream false; trailers follow if SEND.
       if (state.bodyMode === 'BUFFERED') {
         this.sendBodyChunk(state, 'BufferedBodyCallback', this.setupBodyChunk(state, buffered!, false));
       } else {
@@ -481,14 +481,14 @@ export class ExtProcFilter {
     return 'StopIteration';
   }
 
-  // -- responses from the server (§6.1) --
+  // -- responses from the server (docs/envoy-ext-proc.md#answer-matching) --
 
   private inHeaderProcessState(): boolean {
     return this.decoding.callbackState === 'HeadersCallback' || this.encoding.callbackState === 'HeadersCallback';
   }
 
   private setDynamicMetadata(response: WireProcessingResponse): void {
-    // §6.5 / P12: only configured receiving namespaces; each top-level field's struct_value.
+    // docs/envoy-ext-proc.md#dynamic-metadata: only configured receiving namespaces; each top-level field's struct_value.
     if (this.config.receivingNamespaces.length === 0 || !response.dynamic_metadata) return;
     for (const [ns, value] of Object.entries(response.dynamic_metadata.fields ?? {})) {
       if (!this.config.receivingNamespaces.includes(ns)) continue;
@@ -501,16 +501,16 @@ export class ExtProcFilter {
     const response = raw as WireProcessingResponse;
     this.messagesReceived++;
     if (this.config.transcript) this.transcript.push({ atMs: this.env.now(), direction: 'server->envoy', kind: response.response ?? 'none', message: raw });
-    // P8: anything after processing completed is ignored.
+    // docs/envoy-ext-proc.md#answer-matching: anything after processing completed is ignored.
     if (this.processingComplete) return;
 
-    // §6.3: a timeout extension is handled first and nothing else in the message is applied.
+    // docs/envoy-ext-proc.md#timeouts: a timeout extension is handled first and nothing else in the message is applied.
     if (response.override_message_timeout) {
       this.onNewTimeout(response.override_message_timeout);
       return;
     }
 
-    // §4: mode_override only while a headers response is awaited, only if allowed.
+    // docs/envoy-ext-proc.md#mode_override: mode_override only while a headers response is awaited, only if allowed.
     const configBodies = [this.config.processingMode.requestBodyMode, this.config.processingMode.responseBodyMode];
     if (
       this.config.allowModeOverride &&
@@ -564,7 +564,7 @@ export class ExtProcFilter {
         if (this.config.disableImmediateResponse) {
           status = spurious('unhandled immediate response due to config disabled it');
         } else {
-          // §6.4: processing complete, stream closed, metadata applied, then the local reply.
+          // docs/envoy-ext-proc.md#local-replies: processing complete, stream closed, metadata applied, then the local reply.
           this.setDynamicMetadata(response);
           this.processingComplete = true;
           this.onFinishProcessorCalls();
@@ -577,7 +577,7 @@ export class ExtProcFilter {
       case 'streamed_immediate_response':
         throw new Error('EnvoyEmulator: StreamedImmediateResponse (Envoy 1.37+) is not emulated');
       default:
-        // An unset oneof (e.g. only dynamic_metadata or mode_override, P19) is spurious too.
+        // An unset oneof (e.g. only dynamic_metadata or mode_override, docs/envoy-ext-proc.md#answer-matching) is spurious too.
         status = spurious('unhandled message');
     }
 
@@ -586,7 +586,7 @@ export class ExtProcFilter {
     } else if (status.spurious) {
       this.counters.spurious_msgs_received++;
       this.note('spurious response', status.message);
-      // §6.2: since 1.35 fail closed unless failure_mode_allow; before, ignore and carry on.
+      // docs/envoy-ext-proc.md#failures: since 1.35 fail closed unless failure_mode_allow; before, ignore and carry on.
       if (this.failureModeAllow() || !this.config.failCloseSpuriousResp) {
         if (this.failureModeAllow()) this.counters.failure_mode_allowed++;
         this.closeStream('envoy-spurious');
@@ -602,7 +602,7 @@ export class ExtProcFilter {
     this.closeGrpcStreamIfLastRespReceived(response, isLastBodyResponse);
   }
 
-  /** isLastBodyResponse: only STREAMED / FULL_DUPLEX body answers can be "last" (§6.6). */
+  /** isLastBodyResponse: only STREAMED / FULL_DUPLEX body answers can be "last" (docs/envoy-ext-proc.md#how-envoy-ends-a-call). */
   private isLastBodyResponse(state: ProcessorState, c: WireCommonResponse): boolean {
     switch (state.bodyMode) {
       case 'STREAMED':
@@ -614,7 +614,7 @@ export class ExtProcFilter {
     }
   }
 
-  /** §6.6 (a), 1.37+: close as soon as the last response this stream will carry has arrived. */
+  /** docs/envoy-ext-proc.md#how-envoy-ends-a-call, 1.37+: close as soon as the last response this stream will carry has arrived. */
   private closeGrpcStreamIfLastRespReceived(response: WireProcessingResponse, isLastBodyResponse: boolean): void {
     if (!this.stream || !this.config.streamCloseOptimization) return;
     const dec = this.decoding;
@@ -672,7 +672,7 @@ export class ExtProcFilter {
     this.encoding.clearAsyncState();
   }
 
-  /** §6.4: status < 200 or missing = 200; headers under the filter's mutation rules (failures only logged). */
+  /** docs/envoy-ext-proc.md#local-replies: status < 200 or missing = 200; headers under the filter's mutation rules (failures only logged). */
   private sendImmediateResponse(response: WireImmediateResponse): void {
     let code = response.status ? statusCodeNumber(response.status.code ?? 0) : 200;
     if (code < 200) code = 200;
@@ -691,7 +691,7 @@ export class ExtProcFilter {
     });
   }
 
-  // -- gRPC stream events (§6.2) --
+  // -- gRPC stream events (docs/envoy-ext-proc.md#failures) --
 
   onRemoteClose(code: number, details: string): void {
     this.serverStatus = { code, details };

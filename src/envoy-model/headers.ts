@@ -1,5 +1,5 @@
 // Envoy's header map and the ext_proc header-mutation rules, as the emulation applies them.
-// Reference: /work/shared/reference/ENVOY-EXTPROC.md §2 (what Envoy sends and accepts) and §2.3 (the
+// What Envoy sends and accepts: docs/envoy-ext-proc.md#headers-envoy-sends, #header-mutations and #mutation-rules (the
 // mutation-rule checker). Source: envoy mutation_utils.cc (applyHeaderMutations, headersToProto) and
 // common/mutation_rules/mutation_rules.cc (Checker::check / isAllowed / isValidValue).
 
@@ -12,7 +12,7 @@ interface Entry {
 }
 
 // Envoy keeps some headers "inline" (O(1) slots). addCopy() on an inline header that already exists
-// joins the values with ',' instead of adding a second entry (§2.2, `append: true`). The list is the
+// joins the values with ',' instead of adding a second entry (docs/envoy-ext-proc.md#header-mutations, `append: true`). The list is the
 // built-in request/response inline set of Envoy's headers.h, approximately (bootstrap `inline_headers`
 // and extensions can register more).
 const INLINE_HEADERS = new Set([
@@ -104,7 +104,7 @@ export class HeaderMap {
   }
 }
 
-// ---- validity checks (Envoy HeaderUtility) -------------------------------------------------------
+// ---- validity checks (Envoy HeaderUtility) ------------------------------------------------------
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const LOWER_TOKEN = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
@@ -138,7 +138,7 @@ function schemeIsValid(value: Buffer): boolean {
   return scheme === 'http' || scheme === 'https';
 }
 
-// ---- mutation rules (§2.3) -----------------------------------------------------------------------
+// ---- mutation rules (docs/envoy-ext-proc.md#mutation-rules) -------------------------------------
 
 export interface MutationRules {
   allowAllRouting?: boolean;
@@ -210,7 +210,7 @@ export class MutationChecker {
   }
 }
 
-// ---- applying a HeaderMutation (§2.2) ------------------------------------------------------------
+// ---- applying a HeaderMutation (docs/envoy-ext-proc.md#header-mutations) ------------------------
 
 /** A decoded config.core.v3.HeaderValueOption (proto-loader, keepCase, defaults). */
 export interface WireHeaderValueOption {
@@ -252,7 +252,7 @@ export interface MutationEntry {
 
 export type MutationResult = { ok: true } | { ok: false; error: string };
 
-/** MutationUtils::applyHeaderMutations, step by step. Errors become a local reply (§6.2). */
+/** MutationUtils::applyHeaderMutations, step by step. Errors become a local reply (docs/envoy-ext-proc.md#failures). */
 export function applyHeaderMutation(mutation: WireHeaderMutation, headers: HeaderMap, ctx: MutationContext): MutationResult {
   const removes = mutation.remove_headers ?? [];
   const sets = mutation.set_headers ?? [];
@@ -282,7 +282,7 @@ export function applyHeaderMutation(mutation: WireHeaderMutation, headers: Heade
   for (const option of sets) {
     if (!option.header) continue;
     const key = option.header.key ?? '';
-    // content-length is silently skipped when the mode makes Envoy remove it (§3.9).
+    // content-length is silently skipped when the mode makes Envoy remove it (docs/envoy-ext-proc.md#content-length).
     if (ctx.removeContentLength && key.toLowerCase() === 'content-length') {
       ctx.observe?.({ action: 'set', name: 'content-length', value: (option.header.raw_value ?? Buffer.alloc(0)).toString('latin1'), applied: false, ignored: 'Envoy removes content-length in this body mode' });
       continue;
@@ -293,14 +293,14 @@ export function applyHeaderMutation(mutation: WireHeaderMutation, headers: Heade
       ctx.onRejected();
       return { ok: false, error: 'Only one of value or raw_value in the HeaderValue message should be set.' };
     }
-    // P1: only raw_value is read; a value-only entry sets the header to the empty string.
+    // docs/envoy-ext-proc.md#header-mutations: only raw_value is read; a value-only entry sets the header to the empty string.
     const bytes = ctx.rawValue ? rawValue : Buffer.from(value, 'utf8');
     if (!headerNameIsValid(key) || !headerValueIsValid(bytes)) {
       ctx.onRejected();
       return { ok: false, error: 'Invalid character in set_headers mutation.' };
     }
     const name = key.toLowerCase();
-    // P2: only the deprecated `append` BoolValue counts (default false = overwrite); append_action and
+    // docs/envoy-ext-proc.md#header-mutations: only the deprecated `append` BoolValue counts (default false = overwrite); append_action and
     // keep_empty_value are ignored.
     const append = option.append?.value ?? false;
     const op: CheckOperation = append && headers.has(name) ? 'APPEND' : 'SET';
@@ -324,7 +324,7 @@ export function applyHeaderMutation(mutation: WireHeaderMutation, headers: Heade
   return { ok: true };
 }
 
-// ---- what Envoy sends (§2.1) ---------------------------------------------------------------------
+// ---- what Envoy sends (docs/envoy-ext-proc.md#headers-envoy-sends) ------------------------------
 
 export type HeaderMatcher = string | RegExp;
 

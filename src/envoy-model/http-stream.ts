@@ -27,9 +27,9 @@ export interface UpstreamRequest {
   headers: HeaderList;
   body: Buffer;
   trailers?: HeaderList;
-  /** clear_route_cache took effect (§2.4): Envoy would pick the route again. */
+  /** clear_route_cache took effect (docs/envoy-ext-proc.md#changing-the-path-and-the-route-cache): Envoy would pick the route again. */
   routeRecomputed: boolean;
-  /** The client sent content-length and it is gone (§3.9). */
+  /** The client sent content-length and it is gone (docs/envoy-ext-proc.md#content-length). */
   contentLengthRemoved: boolean;
 }
 
@@ -132,7 +132,7 @@ class FilterManagerSide implements DirectionCallbacks {
         }
         break;
       case 'StopIterationAndBuffer':
-        // A non-streaming buffer over the limit is an error: 413 / 500 (§3.3, P16).
+        // A non-streaming buffer over the limit is an error: 413 / 500 (docs/envoy-ext-proc.md#buffered).
         this.stopped = true;
         this.append(holder.data);
         if ((this.buffered?.length ?? 0) > this.bufferLimit()) this.stream.dataTooLarge(this.direction);
@@ -360,7 +360,7 @@ export class HttpStream {
     this.event(() => this.abort());
   }
 
-  /** Does Envoy hold this direction's body while the headers call is pending (§3.1)? */
+  /** Does Envoy hold this direction's body while the headers call is pending (docs/envoy-ext-proc.md#bodies)? */
   private holdsBody(state: ProcessorState): boolean {
     const streamsNow =
       state.bodyMode === 'FULL_DUPLEX_STREAMED' ||
@@ -420,7 +420,7 @@ export class HttpStream {
       try {
         spec = typeof source === 'function' ? await source(this.upstream, this.abortController.signal) : source;
       } catch (err) {
-        // A local reply while the upstream call was in flight aborts that call (P22): the reply wins.
+        // A local reply while the upstream call was in flight aborts that call (docs/envoy-ext-proc.md#how-envoy-ends-a-call): the reply wins.
         if (this.terminal && this.fatal === undefined) return this.finish();
         throw err;
       }
@@ -443,13 +443,13 @@ export class HttpStream {
     }
   }
 
-  /** Filter destruction at the end of the HTTP stream (§6.6 d) closes the stream if still open. */
+  /** Filter destruction at the end of the HTTP stream (docs/envoy-ext-proc.md#how-envoy-ends-a-call) closes the stream if still open. */
   private finish(responseHadContentLength = false): Outcome {
     this.filter.onDestroy('end');
     return this.outcome(responseHadContentLength);
   }
 
-  /** HTTP/1 Host is presented as :authority; the HCM adds x-forwarded-proto and x-request-id (§2.1). */
+  /** HTTP/1 Host is presented as :authority; the HCM adds x-forwarded-proto and x-request-id (docs/envoy-ext-proc.md#headers-envoy-sends). */
   private requestHeaderMap(list: HeaderList, hasBody: boolean): HeaderMap {
     const lower = list.map(([k, v]) => [k.toLowerCase(), v] as [string, string]);
     const find = (name: string) => lower.find(([k]) => k === name)?.[1];

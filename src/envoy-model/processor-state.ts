@@ -1,13 +1,13 @@
 // One direction's ext_proc state, ported from Envoy's processor_state.h/.cc (late 2025): what the
 // filter is waiting for, the message timer, and how header/body/trailer responses are applied.
-// Comments cite /work/shared/reference/ENVOY-EXTPROC.md.
+// Comments cite docs/envoy-ext-proc.md.
 import type { BodySendMode, FullProcessingMode } from './config.js';
 import type { CallbackState, Direction, DirectionCallbacks, ExtProcFilter } from './filter.js';
 import type { HeaderMap, WireHeaderMutation } from './headers.js';
 import { applyHeaderMutation } from './headers.js';
 import type { WireStruct } from './values.js';
 
-// ---- decoded server messages (proto-loader: keepCase, defaults, oneofs) --------------------------
+// ---- decoded server messages (proto-loader: keepCase, defaults, oneofs) -------------------------
 
 export interface WireBodyMutation {
   mutation?: 'body' | 'clear_body' | 'streamed_response';
@@ -45,7 +45,7 @@ export interface WireProcessingResponse {
   override_message_timeout?: { seconds?: string | number; nanos?: number } | null;
 }
 
-/** null = OK; spurious = FailedPrecondition (§6.1); otherwise an error that becomes a local reply. */
+/** null = OK; spurious = FailedPrecondition (docs/envoy-ext-proc.md#answer-matching); otherwise an error that becomes a local reply. */
 export type Status = null | { spurious: boolean; message: string };
 export const OK: Status = null;
 export const spurious = (message: string): Status => ({ spurious: true, message });
@@ -60,7 +60,7 @@ function mutationBodyLength(m: WireBodyMutation): number {
   return m.mutation === 'body' ? (m.body?.length ?? 0) : 0;
 }
 
-/** MutationUtils::applyBodyMutations (§3.8): body replaces, clear_body empties, anything else keeps. */
+/** MutationUtils::applyBodyMutations (docs/envoy-ext-proc.md#body-mutations): body replaces, clear_body empties, anything else keeps. */
 function applyBodyMutation(m: WireBodyMutation, data: Buffer): Buffer {
   if (m.mutation === 'body') return Buffer.from(m.body ?? Buffer.alloc(0));
   if (m.mutation === 'clear_body' && m.clear_body) return Buffer.alloc(0);
@@ -99,7 +99,7 @@ class ChunkQueue {
   }
 }
 
-// ---- ProcessorState ------------------------------------------------------------------------------
+// ---- ProcessorState -----------------------------------------------------------------------------
 
 /** One direction's ext_proc state (processor_state.h/.cc). */
 export class ProcessorState {
@@ -129,7 +129,7 @@ export class ProcessorState {
     readonly cb: DirectionCallbacks,
   ) {}
 
-  /** setProcessingModeInternal: headers sent unless SKIP, trailers only if SEND (§1.5). */
+  /** setProcessingModeInternal: headers sent unless SKIP, trailers only if SEND (docs/envoy-ext-proc.md#processing-modes). */
   setProcessingMode(mode: FullProcessingMode): void {
     const request = this.direction === 'request';
     this.sendHeaders = (request ? mode.requestHeaderMode : mode.responseHeaderMode) !== 'SKIP';
@@ -137,7 +137,7 @@ export class ProcessorState {
     this.bodyMode = request ? mode.requestBodyMode : mode.responseBodyMode;
   }
 
-  /** §3.9: Envoy drops content-length in these modes (1.38: unless allow_content_length_header). */
+  /** docs/envoy-ext-proc.md#content-length: Envoy drops content-length in these modes (1.38: unless allow_content_length_header). */
   shouldRemoveContentLength(): boolean {
     if (this.filter.config.allowContentLengthHeader) return false;
     return (
@@ -148,16 +148,16 @@ export class ProcessorState {
     );
   }
 
-  /** Nothing configured for this direction (used for the response path, §6.6). */
+  /** Nothing configured for this direction (used for the response path, docs/envoy-ext-proc.md#how-envoy-ends-a-call). */
   noExternalProcess(): boolean {
     return !this.sendHeaders && !this.sendTrailers && this.bodyMode === 'NONE';
   }
 
-  // -- message timer (§6.3) --
+  // -- message timer (docs/envoy-ext-proc.md#timeouts) --
 
   onStartProcessorCall(state: CallbackState): void {
     this.callbackState = state;
-    // No timer in FULL_DUPLEX_STREAMED (§3.6).
+    // No timer in FULL_DUPLEX_STREAMED (docs/envoy-ext-proc.md#full_duplex_streamed).
     if (this.bodyMode !== 'FULL_DUPLEX_STREAMED') this.startTimer(this.filter.config.messageTimeoutMs);
     this.newTimeoutReceived = false;
   }
@@ -231,7 +231,7 @@ export class ProcessorState {
     this.onFinishProcessorCall(next);
 
     if (commonStatus(c) === 'CONTINUE_AND_REPLACE') {
-      // §3.8: replace (or create) the body, drop content-length, stop processing this direction.
+      // docs/envoy-ext-proc.md#body-mutations: replace (or create) the body, drop content-length, stop processing this direction.
       if (c.body_mutation) {
         this.headers?.remove('content-length');
         this.bodyReplaced = true;
@@ -243,7 +243,7 @@ export class ProcessorState {
       this.bodyMode = 'NONE';
       this.sendTrailers = false;
     } else if (this.noBody) {
-      // P7: the message had no body; no body message will ever be sent, whatever the mode now says.
+      // docs/envoy-ext-proc.md#bodies: the message had no body; no body message will ever be sent, whatever the mode now says.
     } else if (this.completeBodyAvailable && this.bodyMode !== 'NONE') {
       // The whole body arrived while the headers call was pending: one message, whatever the mode.
       if (next === 'Idle') {
@@ -257,7 +257,7 @@ export class ProcessorState {
         return OK;
       }
     } else if (this.bodyMode === 'BUFFERED') {
-      // Keep the headers: they may still change in the body response (§3.3).
+      // Keep the headers: they may still change in the body response (docs/envoy-ext-proc.md#buffered).
       return OK;
     } else if (this.bodyMode === 'STREAMED') {
       this.sendBufferedDataInStreamedMode(false);
@@ -322,11 +322,11 @@ export class ProcessorState {
   }
 
   private handleBufferedBodyCallback(c: WireCommonResponse): Status | boolean {
-    // §3.3 / P18: header mutations apply here (BUFFERED holds the headers), before the CL check.
+    // docs/envoy-ext-proc.md#buffered, docs/envoy-ext-proc.md#header-changes-in-body-answers: header mutations apply here (BUFFERED holds the headers), before the CL check.
     const mutated = this.processHeaderMutation(c);
     if (mutated) return mutated;
     if (c.body_mutation) {
-      // §3.9 / P3: BUFFERED + headers SEND keeps content-length; it must match the mutated body.
+      // docs/envoy-ext-proc.md#content-length: BUFFERED + headers SEND keeps content-length; it must match the mutated body.
       const cl = this.headers?.getString('content-length');
       if (cl !== undefined && /^\s*\d+\s*$/.test(cl) && Number(cl) !== mutationBodyLength(c.body_mutation)) {
         return failure('mismatch between content length and the length of the mutated body');
@@ -348,7 +348,7 @@ export class ProcessorState {
     if (this.bodyMode === 'FULL_DUPLEX_STREAMED') {
       return spurious('spurious message: Normal body mutation response is received while body_mode_ is FULL_DUPLEX_STREAMED');
     }
-    // STREAMED: one answer per chunk, in order; header mutations are ignored here (§2.5, P18).
+    // STREAMED: one answer per chunk, in order; header mutations are ignored here (docs/envoy-ext-proc.md#header-changes-in-body-answers).
     const chunk = this.chunkQueue.pop();
     if (!chunk) return spurious('spurious message');
     const data = c.body_mutation ? applyBodyMutation(c.body_mutation, chunk.data) : chunk.data;
@@ -421,7 +421,7 @@ export class ProcessorState {
     this.continueIfNecessary();
   }
 
-  /** §2.4: only request direction, only with a header_mutation in the same response. */
+  /** docs/envoy-ext-proc.md#changing-the-path-and-the-route-cache: only request direction, only with a header_mutation in the same response. */
   private clearRouteCache(c: WireCommonResponse): void {
     if (this.direction !== 'request') return;
     const asked = c.clear_route_cache ?? false;

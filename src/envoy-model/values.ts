@@ -1,6 +1,6 @@
 // google.protobuf.Struct <-> plain JS, and the few CEL attributes the emulation can evaluate.
 // protobufjs's bundled google.protobuf.Value uses camelCase members (structValue, stringValue, ...)
-// even with keepCase (reference §1.8, P12); snake_case members would be dropped silently.
+// even with keepCase (docs/envoy-ext-proc.md#loading-the-protos-in-node, docs/envoy-ext-proc.md#dynamic-metadata); snake_case members would be dropped silently.
 import { loadProtos } from '../proto.js';
 import type { HeaderMap } from './headers.js';
 

@@ -113,7 +113,7 @@ export async function startDataPath(options: DataPathOptions): Promise<DataPath>
       for await (const chunk of req) chunks.push(chunk as Buffer);
       const chunked = /chunked/i.test(String(req.headers['transfer-encoding'] ?? ''));
       // HTTP/1: no body (or content-length: 0) ends the stream with the headers; a chunked request with
-      // an empty body still produces one empty end_of_stream DATA frame (§3.1).
+      // an empty body still produces one empty end_of_stream DATA frame (docs/envoy-ext-proc.md#bodies).
       const body = chunks.length > 0 ? chunks : chunked ? [Buffer.alloc(0)] : undefined;
       const headers: HeaderList = [[':method', req.method ?? 'GET'], [':path', req.url ?? '/'], [':scheme', 'http'], ...pairs(req.rawHeaders)];
       try {

@@ -57,14 +57,14 @@ export interface WireHttpHeaders {
   end_of_stream: boolean;
 }
 
-/** Header value from a headers/trailers message, read from raw_value (P1). */
+/** Header value from a headers/trailers message, read from raw_value (docs/envoy-ext-proc.md#headers-envoy-sends). */
 export function wireHeader(message: WireHttpHeaders | { trailers?: { headers: WireHeaderValue[] } | null } | null | undefined, name: string): string | undefined {
   const list = message && 'trailers' in message ? message.trailers?.headers : (message as WireHttpHeaders | null | undefined)?.headers?.headers;
   const entry = list?.find((h) => h.key === name);
   return entry?.raw_value.toString('utf8');
 }
 
-/** A HeaderValueOption the way Envoy wants it: raw_value and an explicit append flag (§7.1). */
+/** A HeaderValueOption the way Envoy wants it: raw_value and an explicit append flag (docs/envoy-ext-proc.md#header-mutations). */
 export function setHeader(key: string, value: string, append = false) {
   return { header: { key, raw_value: Buffer.from(value, 'utf8') }, append: { value: append } };
 }

@@ -1,7 +1,8 @@
 // The ext_proc side stream as Envoy's gRPC client drives it: one Process() call per HTTP request on a
 // shared HTTP/2 connection, closed with END_STREAM immediately followed by RST_STREAM(CANCEL)
-// (reference §6.6, client_impl.cc ExternalProcessorStreamImpl::close), and connections retired after
-// max_requests_per_connection streams like an Envoy cluster (P25).
+// (docs/envoy-ext-proc.md#how-envoy-ends-a-call, client_impl.cc ExternalProcessorStreamImpl::close), and
+// connections retired after max_requests_per_connection streams like an Envoy cluster
+// (docs/envoy-ext-proc.md#node-and-http2-stream-resets).
 import * as grpc from '@grpc/grpc-js';
 import type { HeaderList } from '../../src/envoy-model/headers.js';
 import type { SideStreamHandle, StreamEvents, Transport } from '../../src/envoy-model/transport.js';
