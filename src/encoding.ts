@@ -1,5 +1,5 @@
 // Compressed request bodies (content-encoding gzip/deflate/br): ext_proc sees the compressed bytes
-// (reference §3.1, P14). Inflation is bounded so a small bomb cannot expand into gigabytes.
+// (docs/envoy-ext-proc.md#bodies). Inflation is bounded so a small bomb cannot expand into gigabytes.
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 
 export type Encoding = 'identity' | 'gzip' | 'deflate' | 'br';

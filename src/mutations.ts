@@ -1,7 +1,8 @@
-// Decisions -> Envoy wire format, in one place (STYLE lessons 3-5).
-// - Header values go in raw_value only: Envoy >= 1.32 ignores `value`, and both set is a 500 (reference §2.2, P1).
-// - `append` is always explicit: ext_proc honours only that deprecated BoolValue, default overwrite (§2.2, P2).
-// - Untouched requests get a bare CONTINUE: a rebuilt body would wipe other filters' changes (lesson 5).
+// Decisions -> Envoy wire format, in one place: callers decide what changes; raw_value and append are set only here.
+// - Header values go in raw_value only: Envoy >= 1.32 ignores `value`, and both set is a 500.
+// - `append` is always explicit: ext_proc honours only that deprecated BoolValue, default overwrite.
+//   Both: docs/envoy-ext-proc.md#header-mutations.
+// - Untouched requests get a bare CONTINUE: a rebuilt body would wipe other filters' changes.
 import type {
   BodySendMode,
   CommonResponse,
@@ -14,7 +15,7 @@ import type {
 export interface HeaderChanges {
   /** Headers to overwrite (or add). Keys are lower-cased. */
   set?: ReadonlyArray<readonly [string, string]>;
-  /** Headers to remove. Envoy never removes `:`-prefixed headers or `host` (§2.3). */
+  /** Headers to remove. Envoy never removes `:`-prefixed headers or `host` (docs/envoy-ext-proc.md#mutation-rules). */
   remove?: readonly string[];
 }
 
@@ -47,7 +48,8 @@ export interface CommonChanges {
   headers?: HeaderChanges;
   /** Replacement body (whole buffered body, or this chunk's bytes in STREAMED mode). */
   body?: Buffer;
-  /** Ask Envoy to recompute the route; only effective together with a header mutation (§2.4, P9). */
+  /** Ask Envoy to recompute the route; only effective together with a header mutation
+   * (docs/envoy-ext-proc.md#changing-the-path-and-the-route-cache). */
   clearRouteCache?: boolean;
 }
 
@@ -56,7 +58,7 @@ function commonResponse(changes: CommonChanges = {}): CommonResponse {
   const mutation = headerMutation(changes.headers);
   if (mutation) response.header_mutation = mutation;
   if (changes.body) {
-    // An empty replacement is sent as clear_body so the intent is explicit on the wire (§3.8).
+    // An empty replacement is sent as clear_body so the intent is explicit on the wire (docs/envoy-ext-proc.md#body-mutations).
     response.body_mutation = changes.body.length === 0 ? { clear_body: true } : { body: changes.body };
   }
   if (changes.clearRouteCache && mutation) response.clear_route_cache = true;
@@ -89,7 +91,7 @@ export function bodyResponse(
   return base;
 }
 
-/** FULL_DUPLEX_STREAMED answer: the bytes released so far for this direction (§3.6). */
+/** FULL_DUPLEX_STREAMED answer: the bytes released so far for this direction (docs/envoy-ext-proc.md#full_duplex_streamed). */
 export function streamedBodyResponse(direction: Direction, body: Buffer, endOfStream: boolean): ProcessingResponse {
   const common = {
     response: { status: 'CONTINUE' as const, body_mutation: { streamed_response: { body, end_of_stream: endOfStream } } },
@@ -101,7 +103,8 @@ export function trailersResponse(direction: Direction): ProcessingResponse {
   return direction === 'request' ? { request_trailers: {} } : { response_trailers: {} };
 }
 
-/** A local reply in Azure's error shape, so clients parse it like any Azure error (STYLE lesson 7). */
+/** A local reply in Azure's error shape, so clients parse it like any Azure error. Known failures become such
+ * HTTP answers; anything unexpected ends the call with a gRPC error (docs/envoy-ext-proc.md#failures). */
 export function azureErrorResponse(
   httpStatus: number,
   error: { message: string; type: string; code: string; param?: string | null },
@@ -113,16 +116,16 @@ export function azureErrorResponse(
       status: { code: httpStatus },
       headers: headerMutation({ set: [['content-type', 'application/json']] }),
       body,
-      // Spaces become `_` in %RESPONSE_CODE_DETAILS% anyway (§6.4); keep it a token.
+      // Spaces become `_` in %RESPONSE_CODE_DETAILS% anyway (docs/envoy-ext-proc.md#local-replies); keep it a token.
       details: details.replace(/\s+/g, '_'),
     },
   };
 }
 
 /**
- * Content-Length after a request-body change (§3.9): Envoy keeps it only in BUFFERED mode with request
- * headers sent, and then answers 500 unless it matches the new body, so it is set in the same body
- * response. In every other mode Envoy drops `content-length` from set_headers itself, so setting it is
+ * Content-Length after a request-body change (docs/envoy-ext-proc.md#content-length): Envoy keeps it only
+ * in BUFFERED mode with request headers sent, and then answers 500 unless it matches the new body, so it is
+ * set in the same body response. In every other mode Envoy drops `content-length` from set_headers itself, so setting it is
  * harmless there; it is only written when the request had one (a chunked request stays chunked).
  */
 export function contentLengthFor(body: Buffer, requestHadContentLength: boolean): HeaderChanges | undefined {
@@ -132,7 +135,7 @@ export function contentLengthFor(body: Buffer, requestHadContentLength: boolean)
 /**
  * The mode_override that switches only the request body mode. Since Envoy 1.34 header and trailer modes
  * left DEFAULT keep the filter's configuration, but BOTH body modes are always taken from the override,
- * so the response body mode must be restated or it silently becomes NONE (§4, P10).
+ * so the response body mode must be restated or it silently becomes NONE (docs/envoy-ext-proc.md#mode_override).
  */
 export function requestBodyModeOverride(requestBodyMode: BodySendMode, configuredResponseBodyMode: BodySendMode): ProcessingMode {
   return { request_body_mode: requestBodyMode, response_body_mode: configuredResponseBodyMode };
@@ -140,8 +143,9 @@ export function requestBodyModeOverride(requestBodyMode: BodySendMode, configure
 
 /**
  * Dynamic metadata under one namespace. protobufjs encodes google.protobuf.Value with camelCase members
- * (`structValue`, `stringValue`); snake_case would be dropped silently (reference §1.8, P12). Envoy applies
- * it only if the namespace is listed in metadata_options.receiving_namespaces.untyped (§6.5).
+ * (`structValue`, `stringValue`); snake_case would be dropped silently (docs/envoy-ext-proc.md#loading-the-protos-in-node).
+ * Envoy applies it only if the namespace is listed in metadata_options.receiving_namespaces.untyped
+ * (docs/envoy-ext-proc.md#dynamic-metadata).
  */
 export function metadataStruct(namespace: string, fields: Record<string, string | number | boolean>): StructValue {
   const values = Object.fromEntries(

@@ -1,5 +1,5 @@
 // Loads the hand-written ext_proc subset in proto/ and types the decoded messages.
-// Loader options follow reference/ENVOY-EXTPROC.md §1.8: keepCase + oneofs gives a discriminator
+// Loader options follow docs/envoy-ext-proc.md#loading-the-protos-in-node: keepCase + oneofs gives a discriminator
 // property per oneof (`req.request === 'request_headers'`), bytes decode as Buffer, enums as names.
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -117,7 +117,8 @@ export interface ImmediateResponse {
   details?: string;
 }
 
-/** google.protobuf.Struct as protobufjs encodes it: Value members are camelCase (§1.8 pitfall). */
+/** google.protobuf.Struct as protobufjs encodes it: Value members are camelCase even with keepCase
+ * (docs/envoy-ext-proc.md#loading-the-protos-in-node). */
 export interface StructValue {
   fields: Record<string, ProtoValue>;
 }

@@ -1,4 +1,5 @@
-// Which requests are Azure OpenAI image requests, and of which kind (reference AZURE-IMAGES.md §2.2, §6.1-6.7).
+// Which requests are Azure OpenAI image requests, and of which kind (docs/azure-images.md#routes,
+// docs/azure-images.md#matching-routes).
 // Pure: a path string in, a route description out. Decisions are made on the path shape only, never on
 // the host (APIM, Foundry and custom ingresses put any prefix before /openai) nor on api-version.
 
@@ -21,12 +22,12 @@ export interface DeploymentRoute extends RouteBase {
   deployment: string;
 }
 
-/** `…/openai/v1/images/{op}`: `model` is required there and names the deployment (§2.2 rows 3-4). */
+/** `…/openai/v1/images/{op}`: `model` is required there and names the deployment (docs/azure-images.md#the-v1-routes). */
 export interface V1Route extends RouteBase {
   kind: 'v1';
 }
 
-/** `…/openai/images/{op}` without a deployment: Azure answers 404 (§2.2 row 6). */
+/** `…/openai/images/{op}` without a deployment: Azure answers 404 (docs/azure-images.md#routes-without-a-deployment). */
 export interface DeploymentlessRoute extends RouteBase {
   kind: 'deploymentless';
 }
@@ -38,8 +39,9 @@ export interface OpenAIRoute extends RouteBase {
 
 export type ImageRoute = DeploymentRoute | V1Route | DeploymentlessRoute | OpenAIRoute;
 
-// Case-insensitive on the fixed segments (§6.4); the path is forwarded unchanged. A single trailing slash
-// is tolerated (§6.3). `[^/]+` keeps the deployment to one segment; `:submit` and `/variations` don't match.
+// Case-insensitive on the fixed segments; the path is forwarded unchanged. A single trailing slash is
+// tolerated (docs/azure-images.md#matching-routes, items 3-4). `[^/]+` keeps the deployment to one
+// segment; `:submit` and `/variations` don't match.
 const DEPLOYMENT_ROUTE = /^(?<prefix>(?:\/[^/]+)*?)\/openai\/deployments\/(?<deployment>[^/]+)\/images\/(?<op>generations|edits)\/?$/i;
 const V1_ROUTE = /^(?<prefix>(?:\/[^/]+)*?)\/openai\/v1\/images\/(?<op>generations|edits)\/?$/i;
 const DEPLOYMENTLESS_ROUTE = /^(?<prefix>(?:\/[^/]+)*?)\/openai\/images\/(?<op>generations|edits)\/?$/i;
@@ -56,7 +58,7 @@ function normalizeUnreserved(pathname: string): string {
 
 /**
  * Decodes a deployment path segment. Returns undefined for names that could not be one Azure deployment
- * segment: malformed escapes, an encoded `/` or `\`, control characters, `.` and `..` (§6.5).
+ * segment: malformed escapes, an encoded `/` or `\`, control characters, `.` and `..` (docs/azure-images.md#matching-routes, item 5).
  */
 export function decodeDeployment(segment: string): string | undefined {
   let decoded: string;
@@ -71,7 +73,7 @@ export function decodeDeployment(segment: string): string | undefined {
   return decoded;
 }
 
-/** Splits `:path` into path and query (§6.2); a fragment never reaches a server but is dropped if present. */
+/** Splits `:path` into path and query (docs/azure-images.md#matching-routes, item 2); a fragment never reaches a server but is dropped if present. */
 export function splitPath(path: string): { pathname: string; query: string } {
   const hash = path.indexOf('#');
   const withoutFragment = hash === -1 ? path : path.slice(0, hash);

@@ -1,12 +1,12 @@
 // Compressed request bodies (content-encoding) end to end through the Envoy emulation.
 //
-// The policy, as src/stream.ts implements it:
-// - Envoy hands the body to ext_proc as the client sent it, compressed (reference §3.1, P14).
+// The policy, as src/call/ implements it:
+// - Envoy hands the body to ext_proc as the client sent it, compressed (docs/envoy-ext-proc.md#bodies).
 // - One coding we can read (gzip, x-gzip, deflate = zlib, br) on a request with `model`: the body is
 //   asked for BUFFERED whatever its size (the edit needs all of it; the budget reserves its compressed
 //   size), inflated up to limits.maxDecompressedBytes, edited, and sent on decompressed: the body answer
 //   removes content-encoding and sets content-length to the new length (BUFFERED with request headers
-//   sent is the one mode where a body answer's header changes apply, §3.3, §3.9). Not recompressed:
+//   sent is the one mode where a body answer's header changes apply, docs/envoy-ext-proc.md#content-length). Not recompressed:
 //   Azure gets an identity body, and the hop from Envoy to Azure does not need the bytes saved.
 // - Everything else goes on byte-for-byte, still compressed, with no body mutation: no `model`, a
 //   corrupt or truncated body, one that inflates past the limit (a zip bomb: inflation stops there),
@@ -311,7 +311,7 @@ describe('compressed bodies the server does not try to edit', () => {
     try {
       const { outcome, result } = await withResult(() => envoy.request({ headers: request.headers, body: frames(request.body, 16) }));
       expectUntouched(outcome, request, 'gzip');
-      // Envoy itself drops content-length in these modes (§3.9); the body is the client's.
+      // Envoy itself drops content-length in these modes (docs/envoy-ext-proc.md#content-length); the body is the client's.
       expect(upstreamOf(outcome).contentLengthRemoved).toBe(true);
       expect(result).toMatchObject({ kind: 'passed', reason: 'needs_buffered_body' });
     } finally {

@@ -1,6 +1,6 @@
 // What a broken or hostile peer can send on the ext_proc port, and what must come of it: the server never
 // crashes and keeps serving other calls; each bad call either ends with a gRPC error status (Envoy's
-// failure_mode_allow then decides, STYLE lesson 7) or is answered per protocol. Messages out of order and
+// failure_mode_allow then decides, docs/envoy-ext-proc.md#failures) or is answered per protocol. Messages out of order and
 // unknown kinds go through a grpc-js client (the emulator only sends what Envoy sends); bytes that are not
 // protobuf, or not gRPC, go through a raw HTTP/2 client or a plain socket.
 import { connect as connectHttp2, type ClientHttp2Session } from 'node:http2';

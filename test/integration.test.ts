@@ -259,7 +259,7 @@ describe('response direction, if Envoy is configured to send it', () => {
         responseBodyMode,
         ...(responseBodyMode === 'FULL_DUPLEX_STREAMED' ? { responseTrailerMode: 'SEND' as const } : {}),
       },
-      // mode_override is unsupported when either body mode is FULL_DUPLEX_STREAMED (§4).
+      // mode_override is unsupported when either body mode is FULL_DUPLEX_STREAMED (docs/envoy-ext-proc.md#mode_override).
       allowModeOverride: responseBodyMode !== 'FULL_DUPLEX_STREAMED',
     });
     const answerBody = '{"created":1,"data":[{"b64_json":"AAAA"}]}';

@@ -182,7 +182,7 @@ describe.each([
       const upstream = upstreamOf(outcome);
       expect(upstream.body.length).toBe(expected.length);
       expect(upstream.body.equals(expected)).toBe(true);
-      // Envoy drops content-length in both streamed modes (§3.9); with mode_override the server must.
+      // Envoy drops content-length in both streamed modes (docs/envoy-ext-proc.md#content-length); with mode_override the server must.
       expect(upstream.contentLengthRemoved).toBe(true);
       expect(sent(outcome, 'request_body')).toBe(chunks.length);
       // The editor holds a part's header block and the model part (146 bytes here), never image bytes; what
@@ -256,7 +256,7 @@ describe('request trailers (static FULL_DUPLEX_STREAMED, trailer mode SEND)', ()
   });
 
   // In STREAMED mode a body that ends with trailers has no end_of_stream on its last chunk, and Envoy sends
-  // the trailers only after every chunk is answered (§3.4): the verification window (no content-length,
+  // the trailers only after every chunk is answered (docs/envoy-ext-proc.md#streamed): the verification window (no content-length,
   // under the threshold) must release when the editor sees the body's structure end.
   test('static STREAMED, request trailers, unknown length under the threshold: Azure gets the edited body', async () => {
     const { request, expected } = editUpload(300 * KiB, 'last');
@@ -331,7 +331,7 @@ import pino from 'pino';
 import { MemoryBudget } from './src/budget.ts';
 import { buildConfig } from './src/config.ts';
 import { startServer } from './src/server.ts';
-import { CallProcessor } from './src/stream.ts';
+import { CallProcessor } from './src/call/index.ts';
 const status = (field) => Number(new RegExp(field + ':\\\\s+(\\\\d+)').exec(readFileSync('/proc/self/status', 'utf8'))[1]) * 1024;
 let server;
 let peakHeld = 0;

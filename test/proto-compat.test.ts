@@ -2,8 +2,8 @@
 //
 // Official = the snapshot vendored in @grpc/grpc-js-xds (deps/{envoy-api,xds,googleapis,protoc-gen-validate})
 // plus grpc-health-check's health.proto. That snapshot predates Envoy 1.37; the handful of newer fields we
-// declare are listed in NOT_IN_SNAPSHOT with the numbers documented in
-// /work/shared/reference/ENVOY-EXTPROC.md §1 (from envoyproxy/data-plane-api HEAD 2026-01-29), and the test
+// declare are listed in NOT_IN_SNAPSHOT with their numbers as envoyproxy/data-plane-api HEAD had them on
+// 2026-01-29 (external_processor.proto, processing_mode.proto; each entry's ref names the file), and the test
 // checks that each of them really is absent from the snapshot, so the list cannot go stale silently.
 import { BinaryReader } from 'google-protobuf';
 import * as protoLoader from '@grpc/proto-loader';
@@ -43,35 +43,35 @@ const f = (number: number, type: string, oneof: string | null = null): FieldShap
 /** Our declarations that the @grpc/grpc-js-xds snapshot does not have yet (newer Envoy API). */
 const NOT_IN_SNAPSHOT: AllowList = {
   fields: [
-    // §1.2: ProtocolConfiguration protocol_config = 11 (first message of the stream only, ~1.34+).
-    { message: `${EXT}.ProcessingRequest`, field: 'protocol_config', shape: f(11, `${EXT}.ProtocolConfiguration`), ref: '§1.2' },
-    // §1.3: streamed_immediate_response = 11, member of oneof `response` (PR #42424, 1.37.0).
-    { message: `${EXT}.ProcessingResponse`, field: 'streamed_immediate_response', shape: f(11, `${EXT}.StreamedImmediateResponse`, 'response'), ref: '§1.3' },
-    // §1.3: bool request_drain = 12 (not-implemented-hide, GRPC mode).
-    { message: `${EXT}.ProcessingResponse`, field: 'request_drain', shape: f(12, 'bool'), ref: '§1.3' },
-    // §1.4: HttpBody { ...; bool end_of_stream_without_message = 3; bool grpc_message_compressed = 4; } (GRPC mode).
-    { message: `${EXT}.HttpBody`, field: 'end_of_stream_without_message', shape: f(3, 'bool'), ref: '§1.4' },
-    { message: `${EXT}.HttpBody`, field: 'grpc_message_compressed', shape: f(4, 'bool'), ref: '§1.4' },
-    // §1.4: BodyMutation { oneof mutation { ...; StreamedBodyResponse streamed_response = 3; } }.
-    { message: `${EXT}.BodyMutation`, field: 'streamed_response', shape: f(3, `${EXT}.StreamedBodyResponse`, 'mutation'), ref: '§1.4' },
+    // ProtocolConfiguration protocol_config = 11 (first message of the stream only, ~1.34+).
+    { message: `${EXT}.ProcessingRequest`, field: 'protocol_config', shape: f(11, `${EXT}.ProtocolConfiguration`), ref: 'external_processor.proto' },
+    // streamed_immediate_response = 11, member of oneof `response` (PR #42424, 1.37.0).
+    { message: `${EXT}.ProcessingResponse`, field: 'streamed_immediate_response', shape: f(11, `${EXT}.StreamedImmediateResponse`, 'response'), ref: 'external_processor.proto' },
+    // bool request_drain = 12 (not-implemented-hide, GRPC mode).
+    { message: `${EXT}.ProcessingResponse`, field: 'request_drain', shape: f(12, 'bool'), ref: 'external_processor.proto' },
+    // HttpBody { ...; bool end_of_stream_without_message = 3; bool grpc_message_compressed = 4; } (GRPC mode).
+    { message: `${EXT}.HttpBody`, field: 'end_of_stream_without_message', shape: f(3, 'bool'), ref: 'external_processor.proto' },
+    { message: `${EXT}.HttpBody`, field: 'grpc_message_compressed', shape: f(4, 'bool'), ref: 'external_processor.proto' },
+    // BodyMutation { oneof mutation { ...; StreamedBodyResponse streamed_response = 3; } }.
+    { message: `${EXT}.BodyMutation`, field: 'streamed_response', shape: f(3, `${EXT}.StreamedBodyResponse`, 'mutation'), ref: 'external_processor.proto' },
   ],
   messages: [
-    // §1.2: ProtocolConfiguration { request_body_mode = 1; response_body_mode = 2;
+    // ProtocolConfiguration { request_body_mode = 1; response_body_mode = 2;
     //        send_body_without_waiting_for_header_response = 3; }
     {
       message: `${EXT}.ProtocolConfiguration`,
-      ref: '§1.2',
+      ref: 'external_processor.proto',
       fields: {
         request_body_mode: f(1, `${MODE}.BodySendMode`),
         response_body_mode: f(2, `${MODE}.BodySendMode`),
         send_body_without_waiting_for_header_response: f(3, 'bool'),
       },
     },
-    // §1.4: StreamedBodyResponse { bytes body = 1; bool end_of_stream = 2;
+    // StreamedBodyResponse { bytes body = 1; bool end_of_stream = 2;
     //        bool end_of_stream_without_message = 3; bool grpc_message_compressed = 4; }
     {
       message: `${EXT}.StreamedBodyResponse`,
-      ref: '§1.4',
+      ref: 'external_processor.proto',
       fields: {
         body: f(1, 'bytes'),
         end_of_stream: f(2, 'bool'),
@@ -79,11 +79,11 @@ const NOT_IN_SNAPSHOT: AllowList = {
         grpc_message_compressed: f(4, 'bool'),
       },
     },
-    // §1.4: StreamedImmediateResponse { oneof response { HttpHeaders headers_response = 1;
+    // StreamedImmediateResponse { oneof response { HttpHeaders headers_response = 1;
     //        StreamedBodyResponse body_response = 2; config.core.v3.HeaderMap trailers_response = 3; } }
     {
       message: `${EXT}.StreamedImmediateResponse`,
-      ref: '§1.4',
+      ref: 'external_processor.proto',
       fields: {
         headers_response: f(1, `${EXT}.HttpHeaders`, 'response'),
         body_response: f(2, `${EXT}.StreamedBodyResponse`, 'response'),
@@ -92,9 +92,9 @@ const NOT_IN_SNAPSHOT: AllowList = {
     },
   ],
   enumValues: [
-    // §1.5: BodySendMode ... FULL_DUPLEX_STREAMED=4, GRPC=5 (not-implemented-hide).
-    { enum: `${MODE}.BodySendMode`, value: 'FULL_DUPLEX_STREAMED', number: 4, ref: '§1.5' },
-    { enum: `${MODE}.BodySendMode`, value: 'GRPC', number: 5, ref: '§1.5' },
+    // BodySendMode ... FULL_DUPLEX_STREAMED=4, GRPC=5 (not-implemented-hide).
+    { enum: `${MODE}.BodySendMode`, value: 'FULL_DUPLEX_STREAMED', number: 4, ref: 'processing_mode.proto' },
+    { enum: `${MODE}.BodySendMode`, value: 'GRPC', number: 5, ref: 'processing_mode.proto' },
   ],
 };
 
@@ -291,7 +291,7 @@ describe('the comparison detects breakage (loaded from edited copies of proto/, 
       expect.stringMatching(/ProcessingResponse\.typed_dynamic_metadata: field not in the official snapshot and not allow-listed/),
     ]);
     expect(compare(mutated(EXT_FILE, 'bool request_drain = 12;', 'bool request_drain = 13;'))).toEqual([
-      expect.stringMatching(/ProcessingResponse\.request_drain: number differs from allow-list \(§1\.3\)/),
+      expect.stringMatching(/ProcessingResponse\.request_drain: number differs from allow-list \(external_processor\.proto\)/),
     ]);
     // Allow-listed with a number the snapshot uses for another field (ours dropped that field).
     const from = 'google.protobuf.Duration override_message_timeout = 10;\n  bool request_drain = 12;';

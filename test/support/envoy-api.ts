@@ -11,8 +11,8 @@
 // numeric and duration bounds) and refuses deprecated fields. It also returns the config normalised to
 // proto field names, which the semantic tests read.
 //
-// The snapshot predates Envoy 1.40 (ENVOY-EXTPROC.md §0.1: it lacks e.g. ext_proc's
-// allowed_override_modes and FULL_DUPLEX_STREAMED); a field that only newer Envoys know fails here, which is
+// The snapshot predates Envoy 1.40 (docs/envoy-ext-proc.md#versions-covered) and lacks e.g. ext_proc's
+// allowed_override_modes and FULL_DUPLEX_STREAMED; a field that only newer Envoys know fails here, which is
 // why the shipped configs use none.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -530,10 +530,11 @@ export interface ExtProcFilterConfig {
     response_trailer_mode: string;
   };
   allowModeOverride: boolean;
-  /** message_timeout in ms; Envoy's default is 200 ms (ENVOY-EXTPROC.md §6.3). */
+  /** message_timeout in ms; Envoy's default is 200 ms (docs/envoy-ext-proc.md#timeouts). */
   messageTimeoutMs: number;
   failureModeAllow: boolean;
-  /** The ext_proc cluster's HttpProtocolOptions max_requests_per_connection (P25), if set. */
+  /** The ext_proc cluster's HttpProtocolOptions max_requests_per_connection, if set
+   * (docs/envoy-ext-proc.md#node-and-http2-stream-resets). */
   maxRequestsPerConnection: number | undefined;
   /** grpc_service.envoy_grpc.cluster_name. */
   clusterName: string;

@@ -15,7 +15,7 @@ export interface NoopServer {
 const CONTINUE = { response: { status: 'CONTINUE' } } as const;
 
 function bareContinue(message: ProcessingRequest): ProcessingResponse | undefined {
-  // observability_mode: Envoy ignores answers, the real server sends none (reference §6.7).
+  // observability_mode: Envoy ignores answers, the real server sends none (docs/envoy-ext-proc.md#observability-mode).
   if (message.observability_mode || !message.request) return undefined;
   return { [message.request]: CONTINUE } as unknown as ProcessingResponse;
 }

@@ -56,7 +56,7 @@ describe('matchImageRoute: never an image route', () => {
     '/openai/deployments/dep/images/generationsX',
     '/openai/deployments/dep/images/generations//',
     '/xopenai/deployments/dep/images/generations',
-    // Names that could escape the path segment are refused (§6.5).
+    // Names that could escape the path segment are refused (docs/azure-images.md#matching-routes, item 5).
     '/openai/deployments/a%2Fb/images/generations',
     '/openai/deployments/a%5Cb/images/generations',
     '/openai/deployments/%2E%2E/images/generations',
