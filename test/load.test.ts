@@ -16,7 +16,8 @@
 // (docs/envoy-ext-proc.md#node-and-http2-stream-resets, test/p25.test.ts). message_timeout is 10 s
 // instead of the shipped 200 ms because here the emulator is a Node process sharing two cores with the
 // server and with another test file: a 1,000-call burst takes 1-2 s end to end, and a message can wait that
-// long in the emulator's own event loop before the server even sees it. A message timeout would be a failure of the load generator, not of the server.
+// long in the emulator's own event loop before the server even sees it. A message timeout would be a
+// failure of the load generator, not of the server.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { closedLoop, type LoadResult } from '../bench/load.js';
 import type { ChildSample } from '../bench/server-child.js';
