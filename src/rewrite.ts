@@ -1,5 +1,5 @@
 // What to do with one request, decided from its headers (and, for rewrites that need `model`, from its
-// body). Pure: config + request in, plain decisions out; src/stream.ts turns them into Envoy answers.
+// body). Pure: config + request in, plain decisions out; src/call/ turns them into Envoy answers.
 import type { FieldRule, FieldRules, TouchedField } from './body/index.js';
 import type { Rejection } from './call/outcomes.js';
 import { MAX_DEPLOYMENT_NAME_LENGTH, type Config } from './config.js';
@@ -24,7 +24,10 @@ export interface RequestPlan {
   headers: HeaderChanges;
   /** Rules for the body editor (empty: the body is not edited). */
   rules: FieldRules;
-  /** The deployment goes into :path from the body's `model`: needs a BUFFERED body (header mutations are ignored in STREAMED, §2.5). */
+  /**
+   * The deployment goes into :path from the body's `model`: needs a BUFFERED body (header mutations are ignored
+   * in STREAMED, docs/envoy-ext-proc.md#header-changes-in-body-answers).
+   */
   pathFromModel: boolean;
   /** Hoist extra_body's members to the top level (whole bodies only). */
   unwrapExtraBody: boolean;
@@ -110,7 +113,8 @@ export function invalidDeployment(name: string): Rejection | undefined {
 function fieldRules(route: ImageRoute, config: Config, modelRule: FieldRule | undefined): FieldRules {
   const rules = new Map<string, FieldRule>();
   if (modelRule) rules.set('model', modelRule);
-  // Field hygiene applies where Azure checks unknown parameters strictly: the deployment routes (§2.4).
+  // Field hygiene applies where Azure checks unknown parameters strictly: the deployment routes
+  // (docs/azure-images.md#body-fields).
   if (route.kind !== 'v1') {
     const { fields } = config.rewrite;
     if (fields.dropResponseFormat) rules.set('response_format', remove);
@@ -139,7 +143,8 @@ function v1ModelRule(rewrite: RewriteConfig): FieldRule | undefined {
 function credentialChanges(route: ImageRoute, config: Config, authorization: string | undefined, apiKey: () => string | undefined): HeaderChanges {
   const fileKey = config.credentials.apiKeyFile ? apiKey() : undefined;
   if (fileKey) return { set: [['api-key', fileKey]], remove: ['authorization', 'ocp-apim-subscription-key'] };
-  // Classic routes take `api-key`; `Authorization: Bearer <api key>` is rejected there (AZURE-IMAGES.md §2.3).
+  // Classic routes take `api-key`; `Authorization: Bearer <api key>` is rejected there
+  // (docs/azure-images.md#authentication).
   // An Entra token is a JWT (three dot-separated parts): it stays a Bearer token.
   if (config.credentials.bearerToApiKey && route.kind !== 'v1' && authorization) {
     const match = /^Bearer\s+(\S+)$/i.exec(authorization.trim());

@@ -56,7 +56,7 @@ export function staticEnvoy(target: string, requestBodyMode: 'BUFFERED' | 'STREA
       responseHeaderMode: 'SKIP',
       requestBodyMode,
       responseBodyMode: 'NONE',
-      // FULL_DUPLEX_STREAMED requires trailer mode SEND (reference §3.6).
+      // FULL_DUPLEX_STREAMED requires trailer mode SEND (docs/envoy-ext-proc.md#full_duplex_streamed).
       ...(requestBodyMode === 'FULL_DUPLEX_STREAMED' ? { requestTrailerMode: 'SEND' as const } : {}),
     },
     messageTimeoutMs: 2000,
