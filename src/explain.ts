@@ -85,7 +85,7 @@ export function formatExplanation(explanation: Explanation, config: Config): str
     if (body.added.length > 0) row('added', body.added.join(', '));
     for (const field of body.replaced) row('replaced', `${field.name}: ${field.before} -> ${field.after}`);
     if (body.note) row('note', body.note);
-    if (body.result !== undefined) row('result', body.result);
+    if (body.result !== undefined) row('result', body.result.trimEnd());
     else if (body.parts) for (const part of body.parts) row('part', describePart(part));
     else if (body.changed || body.kind === 'other') row('result', `${body.bytesAfter} bytes (${body.kind === 'other' ? 'not JSON or multipart' : 'too large or not text to print'})`);
   }

@@ -2,12 +2,14 @@
 // stdout. The processor behind it is the server's own, so these check the CLI's emulation of Envoy and
 // its report, not the rewrite rules (those have their own tests).
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Explanation } from '../src/explain-call.js';
+import { BODY_MODES, type ConfiguredBodyMode, type Explanation } from '../src/explain-call.js';
+import { runExplain } from '../src/explain.js';
+import { jsonRequest, recommendedEnvoy, startTestServer, staticEnvoy, upstreamOf, type TestServer } from './support/harness.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CALLER_KEY = 'sk-PLANTED-CALLER-KEY-42';
@@ -164,5 +166,184 @@ describe('explain', () => {
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('rewrite.openaiPaths.prefx: unknown key');
     expect(bad.stdout).toBe('');
+  });
+});
+
+/** The CLI in this process (no tsx start-up per case), with a clean environment. */
+async function explainHere(...args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const status = await runExplain(args, {
+    stdout: (text) => void (stdout += text),
+    stderr: (text) => void (stderr += text),
+    env: {},
+    readStdin: () => Buffer.alloc(0),
+  });
+  return { status, stdout, stderr };
+}
+
+async function report(...args: string[]): Promise<Explanation> {
+  const run = await explainHere(...args, '--json');
+  expect(run.status).toBe(0);
+  return JSON.parse(run.stdout) as Explanation;
+}
+
+/** Shell words of a command as the README writes it: single quotes, backslash-newline continuations. */
+function shellWords(command: string): string[] {
+  const words: string[] = [];
+  for (const match of command.replace(/\\\n/g, ' ').matchAll(/'([^']*)'|(\S+)/g)) words.push(match[1] ?? match[2]!);
+  return words;
+}
+
+/** Every `npm run explain -- ...` command in a markdown file's sh blocks. */
+function explainCommands(markdown: string): string[][] {
+  const commands: string[][] = [];
+  for (const block of markdown.matchAll(/```sh\n([\s\S]*?)```/g)) {
+    for (const command of block[1]!.split(/\n(?=npm )/)) {
+      if (command.startsWith('npm run explain -- ')) commands.push(shellWords(command.replace(/#.*$/gm, '')).slice(4));
+    }
+  }
+  return commands;
+}
+
+describe('explain: requests as curl users write them', () => {
+  it('runs every explain example of the README and examples/bodies as written', async () => {
+    const commands = [readFileSync(join(ROOT, 'README.md'), 'utf8'), readFileSync(join(ROOT, 'examples/bodies/README.md'), 'utf8')].flatMap(explainCommands);
+    expect(commands.length).toBeGreaterThanOrEqual(5);
+    const cwd = process.cwd();
+    process.chdir(ROOT);
+    try {
+      for (const args of commands) {
+        const run = await explainHere(...args);
+        expect({ args, stderr: run.stderr, status: run.status }).toEqual({ args, stderr: '', status: 0 });
+        expect(run.stdout).toMatch(/result +rewritten \(model\)/);
+      }
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
+  it('-d takes the body inline and gives the same report as the body from a file', async () => {
+    const inline = await report('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '-d', JSON_BODY);
+    const fromFile = await report('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '--body-file', write('inline.json', JSON_BODY));
+    expect(inline.request.method).toBe('POST');
+    expect(inline.request.headers).toContainEqual(['content-length', String(BEFORE)]);
+    expect(inline.body).toMatchObject({ kind: 'json', removed: ['model'], bytesBefore: BEFORE, bytesAfter: AFTER, result: EDITED });
+    expect(fromFile.body).toEqual(inline.body);
+    expect(fromFile.decision).toBe(inline.decision);
+  });
+
+  it('-d @file drops line breaks as curl does, --data-binary @file keeps them', async () => {
+    const pretty = '{\n"model":"gpt-image-1",\r\n"prompt":"p"\n}\n';
+    const file = write('pretty.json', pretty);
+    const squeezed = await report('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '-d', `@${file}`);
+    const exact = await report('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '--data-binary', `@${file}`);
+    expect(squeezed.body.bytesBefore).toBe(pretty.replace(/[\r\n]/g, '').length);
+    expect(exact.body.bytesBefore).toBe(pretty.length);
+    expect(squeezed.body.removed).toEqual(['model']);
+    expect(exact.body.removed).toEqual(['model']);
+  });
+
+  it('-d without a content-type is sent as curl sends it (form-urlencoded), and says so', async () => {
+    const run = await report('--path', DEPLOYMENT_PATH, '-d', JSON_BODY);
+    expect(run.request.headers).toContainEqual(['content-type', 'application/x-www-form-urlencoded']);
+    expect(run.result).toMatchObject({ kind: 'passed', reason: 'content_type' });
+    expect(run.notes.join('\n')).toContain("add -H 'content-type: application/json'");
+  });
+
+  it('-F builds a multipart/form-data body as curl does: fields, a file part with its type, a fresh boundary', async () => {
+    const png = write('cat.png', Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff]));
+    const edits = '/openai/deployments/img/images/edits?api-version=2025-04-01-preview';
+    const run = await explainHere('--path', edits, '-F', 'model=gpt-image-1', '-F', `image[]=@${png}`, '-F', 'prompt=add a hat');
+    expect(run.status).toBe(0);
+    expect(run.stdout).toMatch(/content-type +multipart\/form-data; boundary=-{24}[0-9a-f]{16}\n/);
+    expect(run.stdout).toMatch(/result +rewritten \(model\); multipart body \d+ -> \d+ bytes; body mode BUFFERED/);
+    expect(run.stdout).toMatch(/removed part +model, 11 bytes\n/);
+    expect(run.stdout).toMatch(/part +image\[\] filename="cat.png" image\/png, 10 bytes\n/);
+    expect(run.stdout).toMatch(/part +prompt, 9 bytes\n/);
+    const typed = await report('--path', edits, '-F', 'model=gpt-image-1', '-F', `image=@${png};type=image/webp;filename=x.webp`, '-F', `prompt=<${write('prompt.txt', 'from a file')}`);
+    expect(typed.body.parts).toEqual([
+      { name: 'image', filename: 'x.webp', contentType: 'image/webp', bytes: 10 },
+      { name: 'prompt', bytes: 11 },
+    ]);
+  });
+
+  it('refuses two kinds of body, and a -F without a name', async () => {
+    const both = await explainHere('--path', DEPLOYMENT_PATH, '-d', '{}', '-F', 'a=b');
+    expect(both.status).toBe(2);
+    expect(both.stderr).toContain('use one kind of body, not -d and -F');
+    const nameless = await explainHere('--path', DEPLOYMENT_PATH, '-F', '=x');
+    expect(nameless.status).toBe(2);
+    expect(nameless.stderr).toContain('bad -F "=x"');
+  });
+
+  it('flags a content-length that disagrees with the body, on stderr and in the report', async () => {
+    const run = await explainHere('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '-H', 'content-length: 10', '-d', JSON_BODY);
+    expect(run.status).toBe(0);
+    expect(run.stderr).toBe(`explain: warning: content-length says 10 but the body has ${BEFORE} bytes: Envoy would wait for the missing bytes (HTTP/1) or reset the stream (HTTP/2) instead of forwarding this. Drop the -H 'content-length' (explain sets it) or fix the body.\n`);
+    expect(run.stdout).toContain(`  ! content-length says 10 but the body has ${BEFORE} bytes`);
+    const right = await explainHere('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '-H', `content-length: ${BEFORE}`, '-d', JSON_BODY);
+    expect(right.stderr).toBe('');
+    expect(right.stdout).not.toContain('  ! ');
+  });
+
+  it('lists each removed multipart part in the text output, as the JSON report does (a repeated name too)', async () => {
+    const boundary = 'twice-7MA4YWxk';
+    const body = Buffer.concat([
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n`),
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ndall-e-2\r\n`),
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nadd a hat\r\n--${boundary}--\r\n`),
+    ]);
+    const args = ['--path', '/openai/deployments/img/images/edits?api-version=2025-04-01-preview', '-H', `content-type: multipart/form-data; boundary=${boundary}`, '--data-binary', `@${write('twice.multipart', body)}`];
+    const json = await report(...args);
+    expect(json.body.removedParts).toEqual([
+      { name: 'model', bytes: 11 },
+      { name: 'model', bytes: 8 },
+    ]);
+    const text = await explainHere(...args);
+    expect(text.stdout).toMatch(/removed part +model, 11 bytes\n +removed part +model, 8 bytes\n +part +prompt, 9 bytes\n/);
+  });
+
+  it('--help lists every option and every body mode', async () => {
+    const help = await explainHere('--help');
+    expect(help.status).toBe(0);
+    for (const option of ['--path', '--method', '-X', '--header', '-H', '--data', '-d', '--data-binary', '--body-file', '--form', '-F', '--mode', '--config', '--json', '--help']) {
+      expect(help.stdout).toContain(option);
+    }
+    for (const mode of ['NONE', 'BUFFERED', 'STREAMED', 'BUFFERED_PARTIAL', 'FULL_DUPLEX_STREAMED']) expect(help.stdout).toContain(mode);
+    expect(help.stdout).toContain('examples/bodies/');
+  });
+});
+
+describe('explain: one model of Envoy, every body mode', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer();
+  });
+  afterAll(() => server?.close());
+
+  const request = jsonRequest(DEPLOYMENT_PATH, JSON_BODY);
+  // What the gRPC emulation (the tests' Envoy) delivers upstream for the same request and set-up.
+  async function throughEmulation(mode: ConfiguredBodyMode): Promise<Buffer> {
+    const envoy = mode === 'NONE' ? recommendedEnvoy(server.target) : staticEnvoy(server.target, mode);
+    try {
+      return upstreamOf(await envoy.request({ headers: request.headers, body: request.body })).body;
+    } finally {
+      envoy.close();
+    }
+  }
+
+  it.each(BODY_MODES)('--mode %s: explain forwards what the emulated Envoy forwards, and says how the body went', async (mode) => {
+    const explained = await report('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '-d', JSON_BODY, '--mode', mode);
+    expect(explained.request.envoyRequestBodyMode).toBe(mode);
+    expect(explained.result.kind).toBe('rewritten');
+    expect(explained.body.result).toBe((await throughEmulation(mode)).toString());
+    expect(explained.body.result).toBe(EDITED);
+    const sentAs = mode === 'NONE' ? 'BUFFERED in 1 message (asked by the server with mode_override)' : `${mode} in 1 message`;
+    expect(explained.bodySentAs).toBe(sentAs);
+    // Envoy drops content-length when it streams the body itself; BUFFERED keeps it and takes the new length.
+    const lengthSet = explained.headerChanges.find((change) => change.name === 'content-length');
+    if (mode === 'NONE' || mode === 'BUFFERED') expect(lengthSet).toMatchObject({ action: 'set', value: String(AFTER), applied: true });
+    else expect(explained.notes).toContain(`Envoy removes content-length in ${mode} mode; the upstream request is chunked.`);
   });
 });
