@@ -103,6 +103,15 @@ const CredentialsSchema = z
     bearerToApiKey: z.boolean().default(false),
     /** Inject `api-key` from this file (re-read on change) and remove the caller's credentials. */
     apiKeyFile: z.string().min(1).optional(),
+    /** Several resources behind one Envoy: path prefix -> key file of that prefix's resource (src/credentials.ts). */
+    apiKeyFiles: z
+      .record(z.string(), z.string().min(1))
+      .superRefine((files, context) => {
+        for (const prefix of Object.keys(files)) {
+          if (!/^\/(.*\/)?$/.test(prefix)) context.addIssue({ code: 'custom', path: [prefix], message: 'must be a path prefix starting and ending with /, as in the Envoy routes' });
+        }
+      })
+      .optional(),
   })
   .strict();
 

@@ -8,7 +8,7 @@ import { configFilePath, loadConfigFrom } from './config-file.js';
 import { watchConfig } from './config-watch.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
-import { createSecretFileSlot } from './secrets.js';
+import { createApiKeys } from './credentials.js';
 import { startServer } from './server.js';
 
 const USAGE = 'usage: azure-image-extproc [--config config.yaml]   (or EXTPROC_CONFIG=config.yaml; env overrides the file)';
@@ -30,8 +30,8 @@ async function main(): Promise<void> {
   }
   const logger = createLogger(config.logLevel);
   const metrics = createMetrics();
-  const apiKey = createSecretFileSlot(logger);
-  apiKey.use(config.credentials.apiKeyFile);
+  const apiKey = createApiKeys(logger);
+  apiKey.use(config.credentials);
   const configWatcher = watchConfig({
     file,
     env: process.env,
@@ -40,14 +40,14 @@ async function main(): Promise<void> {
     metrics,
     onReload(next) {
       logger.level = next.logLevel;
-      apiKey.use(next.credentials.apiKeyFile);
+      apiKey.use(next.credentials);
     },
   });
   const server = await startServer({
     config: () => configWatcher.current(),
     logger,
     observer: metrics.observer,
-    apiKey: () => apiKey.value(),
+    apiKey: (pathname?: string) => apiKey.value(pathname ?? '/'),
   });
   metrics.watch(server);
   // /readyz reads the grpc.health.v1 state that setServing flips, so both probes agree (STYLE lesson 9).

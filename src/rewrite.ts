@@ -3,6 +3,7 @@
 import type { FieldRule, FieldRules, TouchedField } from './body/index.js';
 import type { Rejection } from './call/outcomes.js';
 import { MAX_DEPLOYMENT_NAME_LENGTH, type Config } from './config.js';
+import { injectsKeys } from './credentials.js';
 import type { HeaderChanges } from './mutations.js';
 import {
   decodeDeployment,
@@ -55,7 +56,7 @@ export function isHandled(route: ImageRoute, config: Config): boolean {
     case 'deploymentless':
       return config.rewrite.deploymentlessRoutes;
     case 'v1':
-      return config.rewrite.v1.stripProviderPrefixes.length > 0 || config.rewrite.v1.mapModels || config.credentials.apiKeyFile !== undefined;
+      return config.rewrite.v1.stripProviderPrefixes.length > 0 || config.rewrite.v1.mapModels || injectsKeys(config.credentials);
   }
 }
 
@@ -140,8 +141,9 @@ function v1ModelRule(rewrite: RewriteConfig): FieldRule | undefined {
   };
 }
 
-function credentialChanges(route: ImageRoute, config: Config, authorization: string | undefined, apiKey: () => string | undefined): HeaderChanges {
-  const fileKey = config.credentials.apiKeyFile ? apiKey() : undefined;
+function credentialChanges(route: ImageRoute, config: Config, authorization: string | undefined, apiKey: PlanInput['apiKey']): HeaderChanges {
+  // The key of the resource Envoy routes this path to (docs/deploy-multi-resource.md).
+  const fileKey = injectsKeys(config.credentials) ? apiKey(route.pathname) : undefined;
   if (fileKey) return { set: [['api-key', fileKey]], remove: ['authorization', 'ocp-apim-subscription-key'] };
   // Classic routes take `api-key`; `Authorization: Bearer <api key>` is rejected there
   // (docs/azure-images.md#authentication).
@@ -156,8 +158,8 @@ function credentialChanges(route: ImageRoute, config: Config, authorization: str
 export interface PlanInput {
   route: ImageRoute;
   authorization: string | undefined;
-  /** The current API key from the secret file, if one is configured. */
-  apiKey: () => string | undefined;
+  /** The current API key from the secret file the request's path selects, if one is configured. */
+  apiKey: (pathname: string) => string | undefined;
 }
 
 /** Decides header-time changes and body rules for a handled image route. */
