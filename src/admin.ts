@@ -6,9 +6,11 @@ import type { HealthImplementation, ServingStatus } from 'grpc-health-check';
 import type { Registry } from 'prom-client';
 import type { Logger } from './log.js';
 import { EXT_PROC_SERVICE } from './proto.js';
+import { parseAddress } from './config-values.js';
+import { bindError } from './startup-checks.js';
 
 export interface AdminOptions {
-  /** `host:port` (`[::1]:9090` for IPv6, empty host = all interfaces, port 0 picks one). */
+  /** `host:port` (`[::1]:50053` for IPv6, `0.0.0.0:50053` for all interfaces, port 0 picks one). */
   listen: string;
   registry: Registry;
   /** Backs `/readyz`: must read the same state as gRPC health (see `healthChecker`). */
@@ -32,7 +34,7 @@ type CheckHandler = (call: { request: { service: string } }, callback: (error: u
  * HealthImplementation keeps its status map private and has no getter. Rather than reach into that
  * field, this registers the implementation on a stand-in server (its public `addToServer`) and keeps the
  * `check` handler it installs: `/readyz` then runs the very code Envoy's and kubelet's gRPC probes run,
- * against the same map `setServing` writes (STYLE lesson 9). The handler answers synchronously.
+ * against the same map `setServing` writes. The handler answers synchronously.
  */
 export function healthChecker(health: HealthImplementation, service: string = EXT_PROC_SERVICE): () => ServingStatus | 'SERVICE_UNKNOWN' {
   let check: CheckHandler | undefined;
@@ -52,12 +54,12 @@ export function healthChecker(health: HealthImplementation, service: string = EX
   };
 }
 
-/** Splits `host:port` / `[v6]:port`. Prometheus and kubelet HTTP probes speak TCP only, so no unix sockets. */
+/** Splits `host:port` / `[v6]:port` (config.ts has already checked the form; see config-values.ts). */
 export function parseListen(listen: string): { host: string; port: number } {
-  const match = /^(?:\[(?<v6>[^\]]+)\]|(?<host>[^:]*)):(?<port>\d{1,5})$/.exec(listen);
-  const port = Number(match?.groups?.port);
-  if (!match || port > 65_535) throw new Error(`admin listen address must be host:port, got ${JSON.stringify(listen)}`);
-  return { host: match.groups!.v6 ?? (match.groups!.host || '0.0.0.0'), port };
+  const address = parseAddress(listen, { unix: false });
+  if (typeof address === 'string') throw new Error(`adminListen ${address}`);
+  if (address.kind !== 'tcp') throw new Error('adminListen must be host:port');
+  return { host: address.host, port: address.port };
 }
 
 function send(response: ServerResponse, status: number, body: string, contentType = 'text/plain; charset=utf-8'): void {
@@ -101,9 +103,11 @@ export async function startAdmin(options: AdminOptions): Promise<RunningAdmin> {
   server.keepAliveTimeout = 5_000;
 
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    // An address in use or not allowed stops the start with a line naming adminListen (exit 2).
+    const failed = (error: Error): void => reject(bindError('adminListen', options.listen, error));
+    server.once('error', failed);
     const ready = (): void => {
-      server.off('error', reject);
+      server.off('error', failed);
       resolve();
     };
     server.listen(target.port, target.host, ready);

@@ -3,21 +3,31 @@
 // deployment can keep one file for the rewrite rules and still move the listener per pod.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { LineCounter, parseDocument } from 'yaml';
-import { checkConfig, ConfigError, ENV_KEYS, fromEnv, type Config } from './config.js';
+import { isMap, isScalar, LineCounter, parseDocument, type Scalar } from 'yaml';
+import { checkConfig, ConfigError, fromEnv, variableFor, type Config } from './config.js';
 
 /** Environment variable naming the configuration file (the `--config` flag wins over it). */
 export const CONFIG_FILE_ENV = 'EXTPROC_CONFIG';
 
-/** A configuration that cannot be used, with one line per problem (key path or line:column first). */
+/**
+ * A configuration that cannot be used: `problems` has one entry per problem (key path or line:column
+ * first); the message puts them on one line, as main.ts prints it.
+ */
 export class ConfigFileError extends ConfigError {
   constructor(
     readonly file: string | undefined,
     readonly problems: readonly string[],
   ) {
-    super(`invalid configuration${file ? ` in ${file}` : ''}:\n${problems.map((problem) => `  ${problem}`).join('\n')}`);
+    super(`invalid configuration${file ? ` in ${file}` : ''}: ${problems.join('; ')}`);
   }
 }
+
+/**
+ * An empty file, or one with only comments, is refused at start-up and on reload alike: while a file is
+ * rewritten in place it is empty for a moment, and applying that as "all defaults" would switch every
+ * rewrite off. `{}` is how to ask for the defaults.
+ */
+export const EMPTY_FILE_PROBLEM = 'the file has no settings (empty, or a write in progress?): write {} to use the defaults';
 
 export interface ConfigSources {
   env?: NodeJS.ProcessEnv;
@@ -37,7 +47,7 @@ export function configFilePath({ env = process.env, file }: ConfigSources = {}):
  */
 export function parseConfigText(text: string): Record<string, unknown> {
   const lines = new LineCounter();
-  const document = parseDocument(text, { uniqueKeys: true, prettyErrors: false, lineCounter: lines });
+  const document = parseDocument(text, { uniqueKeys: true, prettyErrors: false, lineCounter: lines, keepSourceTokens: true });
   const problems = [...document.errors, ...document.warnings].map((error) => {
     const { line, col } = lines.linePos(error.pos[0]);
     let message = error.message;
@@ -51,6 +61,11 @@ export function parseConfigText(text: string): Record<string, unknown> {
   });
   if (problems.length > 0) throw new ConfigFileError(undefined, problems);
 
+  // socketMode as written: YAML reads `0660` and `660` as decimal numbers and `0o660` as octal, while the
+  // environment's EXTPROC_SOCKET_MODE is text; the digits as written mean the same mode in both.
+  const mode = isMap(document.contents) ? document.contents.get('socketMode', true) : undefined;
+  if (isScalar(mode) && typeof mode.value === 'number' && mode.srcToken && 'source' in mode.srcToken) (mode as Scalar).value = mode.srcToken.source;
+
   let values: unknown;
   try {
     values = document.toJS({ maxAliasCount: 100 });
@@ -58,8 +73,7 @@ export function parseConfigText(text: string): Record<string, unknown> {
     // Unresolved or exploding aliases surface only when the document is turned into values.
     throw new ConfigFileError(undefined, [(error as Error).message]);
   }
-  // An empty file (or one with only comments) is a valid "all defaults".
-  if (values === null || values === undefined) return {};
+  if (values === null || values === undefined) throw new ConfigFileError(undefined, [EMPTY_FILE_PROBLEM]);
   if (typeof values !== 'object' || Array.isArray(values)) {
     throw new ConfigFileError(undefined, ['(root): must be a mapping of keys to values']);
   }
@@ -71,13 +85,11 @@ export function parseConfigText(text: string): Record<string, unknown> {
  * so, since the file then looks right to whoever reads it.
  */
 export function configFromValues(fileValues: Record<string, unknown>, env: NodeJS.ProcessEnv, file?: string): Config {
-  const envValues = fromEnv(env);
-  const checked = checkConfig({ ...fileValues, ...envValues });
+  const checked = checkConfig({ ...fileValues, ...fromEnv(env) });
   if (checked.ok) return checked.config;
-  const variableOf = new Map(Object.entries(ENV_KEYS).filter(([, key]) => key in envValues).map(([name, key]) => [key as string, name]));
   const problems = checked.problems.map((problem) => {
     const key = /^[A-Za-z0-9]+(?=:)/.exec(problem)?.[0];
-    const variable = key ? variableOf.get(key) : undefined;
+    const variable = key ? variableFor(key, env) : undefined;
     return variable ? `${key} (from ${variable})${problem.slice(key!.length)}` : problem;
   });
   throw new ConfigFileError(file, problems);

@@ -1,27 +1,19 @@
-// Reloading the configuration file while serving (STYLE lesson 8, after ai-gateway's
+// Reloading the configuration file while serving (after ai-gateway's
 // internal/filterapi/watcher.go): the whole file is validated, and only a valid one replaces the single
 // snapshot reference. Calls keep the snapshot they started with (the server reads `current()` once per
 // call), so a reload never changes a request half-way.
 import { readFileSync } from 'node:fs';
-import { checkConfig, type Config } from './config.js';
+import { checkConfig, LISTENER_KEYS, type Config } from './config.js';
 import { ConfigFileError, configFromValues, parseConfigText } from './config-file.js';
 import { watchFile } from './file-watch.js';
 import type { Logger } from './log.js';
 
 /**
- * Keys read once when the listeners are bound (src/server.ts, src/main.ts): a new value in the file only
- * takes effect after a restart, so the running value is kept and a warning says so.
+ * Keys read once when the listeners are bound (src/server.ts, src/main.ts; config.ts SETTING_SCOPES): a
+ * new value in the file only takes effect after a restart, so the running value is kept and a warning
+ * says so. Everything else is policy, applied by a reload.
  */
-export const RESTART_KEYS = [
-  'listen',
-  'healthListen',
-  'adminListen',
-  'socketMode',
-  'tls',
-  'maxMessageBytes',
-  'http2StreamResetBurst',
-  'http2StreamResetRate',
-] as const satisfies ReadonlyArray<keyof Config>;
+export const RESTART_KEYS = LISTENER_KEYS;
 
 export interface ConfigWatcher {
   /** The newest valid snapshot. */
@@ -40,7 +32,7 @@ export interface ConfigWatchOptions {
   initial: Config;
   logger: Logger;
   metrics?: { configReloaded(ok: boolean): void };
-  /** Called after a new snapshot is in place (log level, secret file path). */
+  /** Called after a new snapshot is in place (log level, secret file path, budget size). */
   onReload?(next: Config, previous: Config): void;
   debounceMs?: number;
 }
@@ -91,8 +83,7 @@ export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
 
     let next: Config;
     try {
-      // An in-place write truncates first: an empty file is far more likely half-written than meant.
-      if (text.trim() === '') throw new ConfigFileError(file, ['the file is empty (a write in progress?): write {} to go back to the defaults']);
+      // An empty file is refused here as at start-up (config-file.ts EMPTY_FILE_PROBLEM).
       next = configFromValues(parseConfigText(text), env, file);
     } catch (error) {
       if (!(error instanceof ConfigFileError)) throw error;
@@ -104,7 +95,10 @@ export function watchConfig(options: ConfigWatchOptions): ConfigWatcher {
     // By value: `tls` is an object, rebuilt by every reload.
     const pinned = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(snapshot[key]));
     if (pinned.length > 0) {
-      logger.warn({ file, keys: pinned }, 'listener settings changed: they take effect after a restart; running with the current values');
+      logger.warn(
+        { file, keys: pinned, restartNeeded: true },
+        'listener settings changed: NOT applied, they need a restart; running with the current values',
+      );
       // The running listener values with the new file must still be one valid configuration
       // (e.g. streamThresholdBytes below the maxMessageBytes in force).
       const merged = checkConfig({ ...next, ...Object.fromEntries(pinned.map((key) => [key, snapshot[key]])) });

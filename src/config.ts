@@ -1,6 +1,8 @@
-// Configuration: built-in defaults, overridden by environment variables, validated once into a frozen
-// snapshot (STYLE lesson 8). Each call keeps the snapshot it started with.
+// Configuration: built-in defaults, overridden by a file and environment variables, validated once into a
+// frozen snapshot. Each call keeps the snapshot it started with. Every key, variable and default is
+// described in docs/configuration.md.
 import { z } from 'zod';
+import { parseAddress, parseByteSize, parseSocketMode } from './config-values.js';
 
 const MiB = 1024 * 1024;
 
@@ -12,7 +14,43 @@ const MiB = 1024 * 1024;
  */
 export const MAX_DEPLOYMENT_NAME_LENGTH = 64;
 
-const byteSize = z.coerce.number().int().positive();
+/** A size in bytes: a whole number, or a string with a binary unit (`512KiB`, `64MiB`, `1GiB`). */
+const byteSize = z
+  .union([z.number(), z.string()], { error: 'must be a size: a number of bytes, or a number with KiB, MiB or GiB (e.g. 64MiB)' })
+  .transform((value, context) => {
+    const bytes = parseByteSize(value);
+    if (typeof bytes === 'string') {
+      context.addIssue({ code: 'custom', message: bytes });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+
+/** A listener address. `unix` allows `unix:/absolute/path` besides `host:port`. */
+function address(options: { unix: boolean }) {
+  // A bare number (`healthListen: 50052`) gets the same "host:port" message as any other wrong form.
+  return z.preprocess(
+    (value) => (typeof value === 'number' ? String(value) : value),
+    z.string({ error: 'must be host:port or unix:/absolute/path' }).superRefine((value, context) => {
+      const parsed = parseAddress(value, options);
+      if (typeof parsed === 'string') context.addIssue({ code: 'custom', message: parsed });
+    }),
+  );
+}
+
+/** File mode of a unix socket: a number (YAML `0o660`) or octal digits as text (`0o660`, `0660`, `660`). */
+const socketMode = z.union([z.number(), z.string()], { error: 'must be an octal file mode such as 0o660' }).transform((value, context) => {
+  const mode = parseSocketMode(value);
+  if (typeof mode === 'string') {
+    context.addIssue({ code: 'custom', message: mode });
+    return z.NEVER;
+  }
+  return mode;
+});
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+/** Case-insensitive: `LOG_LEVEL=DEBUG` is `debug`. */
+const logLevel = z.preprocess((value) => (typeof value === 'string' ? value.trim().toLowerCase() : value), z.enum(LOG_LEVELS));
 
 /** What to do with a request past a size limit or the global memory budget (issue 4). */
 const LimitsSchema = z
@@ -65,7 +103,7 @@ const RewriteSchema = z
       })
       .strict()
       .prefault({}),
-    /** `/openai/v1/images/*`: `model` must be the deployment name there (AZURE-IMAGES.md §6.17). */
+    /** `/openai/v1/images/*`: `model` must be the deployment name there (docs/azure-images.md#the-v1-routes). */
     v1: z
       .object({
         /** Prefixes removed from `model`, e.g. `azure/` (LiteLLM-style provider prefixes). */
@@ -75,7 +113,7 @@ const RewriteSchema = z
       })
       .strict()
       .prefault({}),
-    /** Body field hygiene on deployment routes, each off by default (AZURE-IMAGES.md §6.11). */
+    /** Body field hygiene on deployment routes, each off by default (docs/azure-images.md#body-fields). */
     fields: z
       .object({
         dropResponseFormat: z.boolean().default(false),
@@ -90,10 +128,10 @@ const RewriteSchema = z
   .strict()
   .superRefine((rewrite, context) => {
     if (rewrite.apiVersion.force && !rewrite.apiVersion.default) {
-      context.addIssue({ code: 'custom', path: ['apiVersion', 'force'], message: 'needs apiVersion.default' });
+      context.addIssue({ code: 'custom', path: ['apiVersion', 'force'], message: 'needs rewrite.apiVersion.default' });
     }
     if (rewrite.openaiPaths.enabled && !rewrite.apiVersion.default) {
-      context.addIssue({ code: 'custom', path: ['openaiPaths', 'enabled'], message: 'needs apiVersion.default (Azure deployment routes require api-version)' });
+      context.addIssue({ code: 'custom', path: ['openaiPaths', 'enabled'], message: 'needs rewrite.apiVersion.default (Azure deployment routes require api-version)' });
     }
   });
 
@@ -134,22 +172,27 @@ const TlsSchema = z
 
 export const ConfigSchema = z
   .object({
-    /** ext_proc + grpc.health.v1 listener: `host:port` or `unix:/path`. */
-    listen: z.string().min(1).default('0.0.0.0:50051'),
+    /** ext_proc + grpc.health.v1 listener: `host:port` or `unix:/path`. For Envoy only (docs/configuration.md). */
+    listen: address({ unix: true }).default('0.0.0.0:50051'),
     /** Optional extra gRPC listener with only grpc.health.v1 (kubelet probes when `listen` is a socket). */
-    healthListen: z.string().min(1).optional(),
-    /** Optional HTTP admin listener (`/healthz`, `/readyz`, `/metrics`). */
-    adminListen: z.string().min(1).optional(),
+    healthListen: address({ unix: true }).optional(),
+    /** Optional HTTP admin listener (`/healthz`, `/readyz`, `/metrics`); TCP only. */
+    adminListen: address({ unix: false }).optional(),
     /** TLS (and mTLS) on the ext_proc listener; plaintext when absent. */
     tls: TlsSchema.optional(),
-    /** File mode of a unix socket listener, e.g. 0o660. */
-    socketMode: z.number().int().min(0).max(0o777).optional(),
-    /** Largest ext_proc message accepted or sent; Envoy sends whole BUFFERED bodies in one message. */
+    /** File mode of a unix socket listener: `0o660`, `0660` and `660` are the same mode. */
+    socketMode: socketMode.optional(),
+    /**
+     * Largest ext_proc message accepted or sent. Envoy sends a whole BUFFERED body in one message, and a
+     * body that must be edited whole (compressed, or a path taken from `model`) is one: 64 MiB holds an
+     * image edit with one image under Azure's 50 MB limit. A message being received sits in grpc-js
+     * buffers outside limits.globalHeldBytes, which is why the listener is for Envoy only.
+     */
     maxMessageBytes: byteSize.default(64 * MiB),
     /** Bodies announced larger than this (content-length) are requested STREAMED instead of BUFFERED. */
     streamThresholdBytes: byteSize.default(1 * MiB),
-    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-    /** HTTP/2 rapid-reset guard on the ext_proc listener (Node >= 22.10 only; reference P25). */
+    logLevel: logLevel.default('info'),
+    /** HTTP/2 rapid-reset guard on the ext_proc listener (Node >= 22.10 only; docs/envoy-ext-proc.md#node-and-http2-stream-resets). */
     http2StreamResetBurst: z.coerce.number().int().positive().default(10_000),
     http2StreamResetRate: z.coerce.number().int().positive().default(4_000),
     /**
@@ -175,9 +218,41 @@ export const ConfigSchema = z
     if (config.streamThresholdBytes >= config.maxMessageBytes) {
       context.addIssue({ code: 'custom', path: ['streamThresholdBytes'], message: 'must be below maxMessageBytes (a buffered body is one ext_proc message)' });
     }
+    // A body asked for whole is one the server may edit: one larger than maxBodyBytes never is.
+    if (config.streamThresholdBytes > config.limits.maxBodyBytes) {
+      context.addIssue({ code: 'custom', path: ['streamThresholdBytes'], message: 'must be at most limits.maxBodyBytes (bodies above maxBodyBytes are never edited)' });
+    }
   });
 
 export type Config = Readonly<z.infer<typeof ConfigSchema>>;
+
+/**
+ * Every top-level key is either a listener setting, read once when the listeners are bound (a new value
+ * needs a restart), or a policy setting, applied by a reload (per call, or by main.ts's reload hook:
+ * log level, API key file, budget size). Listed here so that a new key cannot be "reloaded" without
+ * effect: the type requires each key to be classified.
+ */
+export const SETTING_SCOPES = {
+  listen: 'listener',
+  healthListen: 'listener',
+  adminListen: 'listener',
+  tls: 'listener',
+  socketMode: 'listener',
+  maxMessageBytes: 'listener',
+  http2StreamResetBurst: 'listener',
+  http2StreamResetRate: 'listener',
+  streamThresholdBytes: 'policy',
+  logLevel: 'policy',
+  drainDelayMs: 'policy',
+  shutdownDeadlineMs: 'policy',
+  limits: 'policy',
+  rewrite: 'policy',
+  credentials: 'policy',
+  metadataNamespace: 'policy',
+} as const satisfies Record<keyof Config, 'listener' | 'policy'>;
+
+/** The keys a reload cannot apply: they take effect after a restart. */
+export const LISTENER_KEYS = (Object.keys(SETTING_SCOPES) as Array<keyof Config>).filter((key) => SETTING_SCOPES[key] === 'listener');
 
 /** Environment variable -> config key. Unset or empty variables are ignored. */
 export const ENV_KEYS: Record<string, keyof Config> = {
@@ -194,6 +269,7 @@ export const ENV_KEYS: Record<string, keyof Config> = {
   EXTPROC_SHUTDOWN_DEADLINE_MS: 'shutdownDeadlineMs',
 };
 
+/** A configuration or start-up problem the user can fix: main.ts prints its message as one line and exits 2. */
 export class ConfigError extends Error {}
 
 /** The top-level values the environment sets (merged over a configuration file's, see config-file.ts). */
@@ -202,9 +278,14 @@ export function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   for (const [name, key] of Object.entries(ENV_KEYS)) {
     const raw = env[name];
     if (raw === undefined || raw.trim() === '') continue;
-    values[key] = key === 'socketMode' ? parseInt(raw, 8) : raw.trim();
+    values[key] = raw.trim();
   }
   return values;
+}
+
+/** The environment variable that set `key`, if one did (for messages: the file then looks right). */
+export function variableFor(key: string, env: NodeJS.ProcessEnv): string | undefined {
+  return Object.entries(ENV_KEYS).find(([name, mapped]) => mapped === key && (env[name]?.trim() ?? '') !== '')?.[0];
 }
 
 function deepFreeze<T>(value: T): T {
@@ -215,11 +296,60 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+type JsonSchemaNode = { properties?: Record<string, JsonSchemaNode>; anyOf?: JsonSchemaNode[] };
+let schemaTree: JsonSchemaNode | undefined;
+
+/** The keys the schema knows at `path` (`[]` = top level), and every key path, for "did you mean". */
+function knownKeys(path: readonly string[]): { here: string[]; all: string[] } {
+  schemaTree ??= z.toJSONSchema(ConfigSchema, { io: 'input', unrepresentable: 'any' }) as JsonSchemaNode;
+  const childrenOf = (node: JsonSchemaNode | undefined): Record<string, JsonSchemaNode> =>
+    node?.properties ?? node?.anyOf?.find((option) => option.properties)?.properties ?? {};
+  const all: string[] = [];
+  const walk = (node: JsonSchemaNode, prefix: string[]): void => {
+    for (const [key, child] of Object.entries(childrenOf(node))) {
+      all.push([...prefix, key].join('.'));
+      walk(child, [...prefix, key]);
+    }
+  };
+  walk(schemaTree, []);
+  let node: JsonSchemaNode | undefined = schemaTree;
+  for (const key of path) node = childrenOf(node)[key];
+  return { here: Object.keys(childrenOf(node)), all };
+}
+
+/** Edit distance, for suggesting the key a typo meant. */
+function distance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, index) => index);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/** "did you mean X?" for an unknown key: a close name at the same level, or the same name elsewhere. */
+export function suggestKey(path: readonly string[], key: string): string | undefined {
+  const { here, all } = knownKeys(path);
+  const lower = key.toLowerCase();
+  const close = here
+    .map((candidate) => ({ candidate, cost: candidate.toLowerCase() === lower ? 0 : distance(candidate.toLowerCase(), lower) }))
+    .filter(({ candidate, cost }) => cost <= Math.max(1, Math.floor(Math.min(candidate.length, key.length) / 4)))
+    .sort((a, b) => a.cost - b.cost)[0];
+  if (close) return [...path, close.candidate].join('.');
+  return all.find((candidate) => candidate.split('.').at(-1)!.toLowerCase() === lower);
+}
+
 /** One line per problem, each naming the full key path (`rewrite.openaiPaths.prefix: …`). */
 export function describeIssues(error: z.ZodError): string[] {
   return error.issues.flatMap((issue) => {
     const at = issue.path.map(String);
-    if (issue.code === 'unrecognized_keys') return issue.keys.map((key) => `${[...at, key].join('.')}: unknown key`);
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => {
+        const suggestion = suggestKey(at, key);
+        return `${[...at, key].join('.')}: unknown key${suggestion ? ` (did you mean ${suggestion}?)` : ''}`;
+      });
+    }
     return [`${at.join('.') || '(root)'}: ${issue.message}`];
   });
 }

@@ -1,5 +1,5 @@
 // Structured logging. Prompts, images, bodies and credentials are customer data: they are never logged at
-// info (STYLE lesson 11), and the redact list below blanks credentials even if a header map is logged at
+// info, and the redact list below blanks credentials even if a header map is logged at
 // debug by mistake.
 import pino from 'pino';
 
@@ -35,6 +35,8 @@ export function createLogger(level: string, destination?: pino.DestinationStream
     {
       level,
       base: { service: 'azure-image-extproc' },
+      // "level":"info" rather than pino's 30: readable as is, and what log pipelines match on.
+      formatters: { level: (label) => ({ level: label }) },
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },

@@ -1,4 +1,4 @@
-// Prometheus metrics for the processor itself (STYLE lesson 10): Envoy's own ext_proc stats have no
+// Prometheus metrics for the processor itself: Envoy's own ext_proc stats have no
 // latency histogram, so the time we add to every image request is only visible here.
 // Every label takes values from a closed set (message kinds, pass reasons, route kinds...): deployment
 // names, paths and hosts never become labels, so the number of series stays bounded whatever the traffic.
@@ -37,6 +37,14 @@ const CALL_ENDS: Record<CallEnd, true> = { completed: true, cancelled: true, err
 /** What the metrics read on each scrape from the running server. */
 export interface MetricsSource {
   heldBytes(): number;
+  /** The global budget's size (limits.globalHeldBytes in force, after reloads). */
+  budgetBytes?(): number;
+}
+
+export interface MetricsOptions {
+  registry?: Registry;
+  /** The server's version, for extproc_build_info (src/version.ts). */
+  version?: string;
 }
 
 export interface Metrics {
@@ -49,8 +57,16 @@ export interface Metrics {
   watch(source: MetricsSource): void;
 }
 
-export function createMetrics(registry: Registry = new Registry()): Metrics {
+export function createMetrics({ registry = new Registry(), version = 'unknown' }: MetricsOptions = {}): Metrics {
   collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX });
+
+  // The build_info convention: a constant 1 whose labels say what runs, to join with other series.
+  new Gauge({
+    name: 'extproc_build_info',
+    help: 'Always 1; the labels give the server version and the Node.js version it runs on.',
+    labelNames: ['version', 'node'] as const,
+    registers: [registry],
+  }).set({ version, node: process.versions.node }, 1);
 
   const messageDuration = new Histogram({
     name: 'extproc_message_duration_seconds',
@@ -77,6 +93,14 @@ export function createMetrics(registry: Registry = new Registry()): Metrics {
     registers: [registry],
     collect() {
       this.set(source?.heldBytes() ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'extproc_body_bytes_budget',
+    help: 'Size of the global budget for held body bytes (limits.globalHeldBytes in force; a reload resizes it).',
+    registers: [registry],
+    collect() {
+      this.set(source?.budgetBytes?.() ?? 0);
     },
   });
   const rewritten = new Counter({

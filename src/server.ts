@@ -1,6 +1,6 @@
 // The gRPC server: one Process() call per HTTP request, the health service on the same port, and the
 // transport facts Envoy depends on (message size, HTTP/2 reset guard, stream close).
-import { chmod, lstat, readFile, unlink } from 'node:fs/promises';
+import { chmod, lstat, unlink } from 'node:fs/promises';
 import { createSecureContext } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
@@ -8,6 +8,7 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse, type RequestKind } from './proto.js';
 import { MemoryBudget } from './budget.js';
+import { bindError, readTlsFiles, StartupError } from './startup-checks.js';
 import { CallProcessor, type CallResult, type PassReason } from './call/index.js';
 
 /** Receives one report per finished call (metrics, tests). */
@@ -38,6 +39,13 @@ export interface RunningServer {
   activeCalls(): number;
   /** Body bytes currently held across all calls: whole bodies reserved plus bytes editors hold back. */
   heldBytes(): number;
+  /** The size of the global memory budget (limits.globalHeldBytes in force). */
+  budgetBytes(): number;
+  /**
+   * Applies the policy settings of a reloaded snapshot that live in the server rather than in each call
+   * (the global budget's size). Listener settings are not touched: they need a restart.
+   */
+  applyPolicy(config: Config): void;
   setServing(serving: boolean): void;
   /**
    * Stops accepting calls, lets running ones finish, and resolves true when they all did; at the deadline
@@ -97,9 +105,10 @@ async function removeStaleSocket(address: string): Promise<void> {
   }
 }
 
-function bind(server: grpc.Server, address: string, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+/** Binds `address`; a failure (in use, no permission...) is a StartupError naming `key`. */
+function bind(server: grpc.Server, key: 'listen' | 'healthListen', address: string, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, credentials, (error, port) => (error ? reject(error) : resolve(port)));
+    server.bindAsync(address, credentials, (error, port) => (error ? reject(bindError(key, address, error)) : resolve(port)));
   });
 }
 
@@ -110,8 +119,12 @@ function bind(server: grpc.Server, address: string, credentials = grpc.ServerCre
  * error), and the provider's first read is awaited: grpc-js drops connections until it has one.
  */
 async function tlsCredentials(tls: NonNullable<Config['tls']>): Promise<grpc.ServerCredentials> {
-  const [cert, key, ca] = await Promise.all([readFile(tls.certFile), readFile(tls.keyFile), tls.clientCaFile ? readFile(tls.clientCaFile) : undefined]);
-  createSecureContext({ cert, key, ...(ca ? { ca } : {}) });
+  const { cert, key, ca } = readTlsFiles(tls);
+  try {
+    createSecureContext({ cert, key, ...(ca ? { ca } : {}) });
+  } catch (error) {
+    throw new StartupError('tls', `${tls.certFile} and ${tls.keyFile} cannot be used together: ${(error as Error).message}`);
+  }
 
   const refreshIntervalMs = tls.reloadIntervalMs;
   const identity = new grpc.experimental.FileWatcherCertificateProvider({ certificateFile: tls.certFile, privateKeyFile: tls.keyFile, refreshIntervalMs });
@@ -158,7 +171,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   health.addToServer(server);
 
   let active = 0;
-  // Sized once at start: a reload cannot resize memory already promised to running calls.
+  // Resized by applyPolicy on a reload; memory already promised to running calls stays promised.
   const budget = new MemoryBudget(config.limits.globalHeldBytes);
   const idleWaiters: Array<() => void> = [];
 
@@ -251,7 +264,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   server.addService(extProcService().service, { Process: handleCall });
 
   await removeStaleSocket(config.listen);
-  const port = await bind(server, config.listen, config.tls ? await tlsCredentials(config.tls) : undefined);
+  const port = await bind(server, 'listen', config.listen, config.tls ? await tlsCredentials(config.tls) : undefined);
   if (config.listen.startsWith('unix:') && config.socketMode !== undefined) {
     await chmod(config.listen.slice('unix:'.length), config.socketMode);
   }
@@ -263,7 +276,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     healthServer = new grpc.Server();
     health.addToServer(healthServer);
     await removeStaleSocket(config.healthListen);
-    healthAddress = withPort(config.healthListen, await bind(healthServer, config.healthListen));
+    healthAddress = withPort(config.healthListen, await bind(healthServer, 'healthListen', config.healthListen));
   }
 
   const setServing = (serving: boolean): void => {
@@ -274,6 +287,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     addresses: { listen: withPort(config.listen, port), ...(healthAddress ? { health: healthAddress } : {}) },
     health,
     activeCalls: () => active,
+    budgetBytes: () => budget.limit,
+    applyPolicy(next: Config): void {
+      budget.resize(next.limits.globalHeldBytes);
+    },
     // Every byte a call holds is reserved in the budget as it is held.
     heldBytes: () => budget.held,
     setServing,

@@ -40,7 +40,7 @@ test('node dist/main.js: ready line, healthy on a unix socket, clean exit on SIG
   while (!/"msg":"ready"/.test(output) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
   const ready = output.split('\n').find((line) => line.includes('"msg":"ready"'));
   expect(ready, output).toBeDefined();
-  expect(JSON.parse(ready!)).toMatchObject({ level: 30, listen: socket });
+  expect(JSON.parse(ready!)).toMatchObject({ level: 'info', listen: socket });
 
   const probe = await promisify(execFile)(process.execPath, ['dist/healthcheck.js', socket], { cwd: dir }).then(
     () => 0,

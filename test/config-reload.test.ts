@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Config } from '../src/config.js';
-import { loadConfigFrom } from '../src/config-file.js';
+import { loadConfigFrom, type ConfigFileError } from '../src/config-file.js';
 import { watchConfig, type ConfigWatcher } from '../src/config-watch.js';
 import { createLogger } from '../src/log.js';
 import type { ProcessingResponse } from '../src/proto.js';
@@ -74,7 +74,7 @@ describe('configuration reload', () => {
     expect(Object.isFrozen(watcher.current())).toBe(true);
     expect(reloads.mock.calls).toEqual([[true]]);
     expect(logged().find((entry) => entry.msg === 'configuration reloaded')).toMatchObject({
-      level: 30,
+      level: 'info',
       file: path,
       changed: ['logLevel', 'rewrite.deploymentlessRoutes'],
     });
@@ -100,19 +100,19 @@ describe('configuration reload', () => {
     await eventually(() => expect(reloads).toHaveBeenCalledWith(false));
     expect(watcher.current()).toBe(running);
     const refusals = logged().filter((entry) => entry.msg === 'invalid configuration file: keeping the running configuration');
-    expect(refusals).toEqual([expect.objectContaining({ level: 50, file: path, problems: ['rewrite.openaiPaths.prefx: unknown key'] })]);
+    expect(refusals).toEqual([expect.objectContaining({ level: 'error', file: path, problems: ['rewrite.openaiPaths.prefx: unknown key (did you mean rewrite.openaiPaths.prefix?)'] })]);
 
     // A syntax error: refused too, with its line.
     writeFileSync(path, 'drainDelayMs: 20\nrewrite: [\n');
     await eventually(() => expect(reloads).toHaveBeenCalledTimes(2));
     expect(watcher.current()).toBe(running);
-    expect(logged().at(-1)).toMatchObject({ level: 50, problems: [expect.stringMatching(/^line \d+, column \d+: /)] });
+    expect(logged().at(-1)).toMatchObject({ level: 'error', problems: [expect.stringMatching(/^line \d+, column \d+: /)] });
 
     // Emptied (an in-place write truncates first): refused; `{}` is how to ask for the defaults.
     writeFileSync(path, '');
     await eventually(() => expect(reloads).toHaveBeenCalledTimes(3));
     expect(watcher.current()).toBe(running);
-    expect(logged().at(-1)).toMatchObject({ level: 50, problems: [expect.stringContaining('the file is empty')] });
+    expect(logged().at(-1)).toMatchObject({ level: 'error', problems: [expect.stringContaining('the file has no settings')] });
 
     // Fixed: applied.
     writeFileSync(path, 'drainDelayMs: 30\n');
@@ -129,11 +129,42 @@ describe('configuration reload', () => {
     await eventually(() => expect(watcher.current().logLevel).toBe('warn'));
     expect(watcher.current()).toMatchObject({ listen: '127.0.0.1:6000', maxMessageBytes: 2000000 });
     expect(watcher.current().adminListen).toBeUndefined();
-    expect(logged().find((entry) => entry.level === 40)).toMatchObject({
+    expect(logged().find((entry) => entry.level === 'warn')).toMatchObject({
       file: path,
       keys: ['listen', 'adminListen', 'maxMessageBytes'],
-      msg: expect.stringContaining('restart'),
+      restartNeeded: true,
+      msg: expect.stringMatching(/NOT applied.*need a restart/),
     });
+    // The reload line lists what was applied, and only that.
+    expect(logged().filter((entry) => entry.msg === 'configuration reloaded').map((entry) => entry.changed)).toEqual([['logLevel']]);
+  });
+
+  it('never says "reloaded" when only listener settings changed', async () => {
+    const path = join(dir, 'config.yaml');
+    writeFileSync(path, 'listen: 127.0.0.1:6000\n');
+    const { watcher } = start(path);
+    writeFileSync(path, 'listen: 127.0.0.1:7000\ntls:\n  certFile: /c\n  keyFile: /k\n');
+    await eventually(() => expect(logged().some((entry) => entry.restartNeeded === true)).toBe(true));
+    await settle();
+    expect(watcher.current().listen).toBe('127.0.0.1:6000');
+    expect(watcher.current().tls).toBeUndefined();
+    expect(logged().filter((entry) => /reloaded|applied/.test(String(entry.msg)) && !/NOT applied/.test(String(entry.msg)))).toEqual([]);
+  });
+
+  it('refuses an empty file on reload with the same words as at start-up', async () => {
+    const path = join(dir, 'config.yaml');
+    writeFileSync(path, 'drainDelayMs: 1\n');
+    const { reloads } = start(path);
+    writeFileSync(path, '# nothing but a comment\n');
+    await eventually(() => expect(reloads).toHaveBeenCalledWith(false));
+    const atStart = (() => {
+      try {
+        loadConfigFrom({ env: {}, file: path });
+      } catch (error) {
+        return (error as ConfigFileError).problems;
+      }
+    })();
+    expect(logged().at(-1)).toMatchObject({ problems: atStart });
   });
 
   it('refuses a file that only fits listener values it cannot apply before a restart', async () => {
@@ -145,7 +176,7 @@ describe('configuration reload', () => {
     writeFileSync(path, 'maxMessageBytes: 4000000\nstreamThresholdBytes: 3000000\nlogLevel: warn\n');
     await eventually(() => expect(reloads).toHaveBeenCalledWith(false));
     expect(watcher.current()).toMatchObject({ maxMessageBytes: 2000000, streamThresholdBytes: 1000000, logLevel: 'info' });
-    expect(logged().find((entry) => entry.level === 50)).toMatchObject({ problems: [expect.stringContaining('streamThresholdBytes')] });
+    expect(logged().find((entry) => entry.level === 'error')).toMatchObject({ problems: [expect.stringContaining('streamThresholdBytes')] });
   });
 
   it('lets a call in progress finish with the snapshot it started with', async () => {
@@ -235,7 +266,7 @@ describe('configuration reload', () => {
     writeFileSync(join(dir, 'unrelated.txt'), 'y');
     await settle();
     expect(reloads.mock.calls).toEqual([[true], [false]]);
-    expect(logged().filter((entry) => entry.code === 'ENOENT')).toEqual([expect.objectContaining({ level: 50, file: path })]);
+    expect(logged().filter((entry) => entry.code === 'ENOENT')).toEqual([expect.objectContaining({ level: 'error', file: path })]);
     expect(watcher.reload()).toBe(false);
     expect(watcher.current()).toBe(running);
   });
@@ -288,7 +319,7 @@ describe('secret file', () => {
     const path = join(dir, 'api-key');
     const secret = open(path);
     expect(secret.value()).toBeUndefined();
-    expect(logged()[0]).toMatchObject({ level: 50, path, code: 'ENOENT' });
+    expect(logged()[0]).toMatchObject({ level: 'error', path, code: 'ENOENT' });
     writeFileSync(path, KEY_1);
     await eventually(() => expect(secret.value()).toBe(KEY_1));
     expect(lines.join('\n')).not.toContain(KEY_1);

@@ -25,7 +25,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 interface LogLine {
   msg: string;
-  level: number;
+  level: string;
   [key: string]: unknown;
 }
 

@@ -31,6 +31,8 @@ describe('createMetrics (observer -> series)', () => {
       extproc_call_duration_seconds: 'histogram',
       extproc_active_calls: 'gauge',
       extproc_body_bytes_held: 'gauge',
+      extproc_body_bytes_budget: 'gauge',
+      extproc_build_info: 'gauge',
       extproc_requests_rewritten_total: 'counter',
       extproc_requests_passed_total: 'counter',
       extproc_requests_rejected_total: 'counter',

@@ -128,7 +128,7 @@ describe.each(['info', 'debug'] as const)('logs at %s', (level) => {
       .map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(rewritten.length).toBeGreaterThan(0);
     for (const entry of rewritten) {
-      expect(entry).toMatchObject({ level: 30, route: 'deployment', changes: ['model'] });
+      expect(entry).toMatchObject({ level: 'info', route: 'deployment', changes: ['model'] });
       expect(['generations', 'edits']).toContain(entry.operation);
       expect(typeof entry.deployment).toBe('string');
       expect(entry.bytesAfter as number).toBeLessThan(entry.bytesBefore as number);

@@ -1,11 +1,13 @@
 // TLS and mutual TLS on the ext_proc listener, with certificate reload, over real connections.
 // Certificates: test/fixtures/tls (see its README).
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { EXT_PROC_SERVICE, extProcService, healthService } from '../src/proto.js';
+import { StartupError } from '../src/startup-checks.js';
 import { DEPLOYMENT_PATH, startTestServer, type TestServer } from './support/harness.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, 'fixtures/tls');
@@ -100,15 +102,33 @@ describe('TLS', () => {
   });
 });
 
-describe('start-up checks', () => {
-  test('a key that does not match its certificate stops the start with an error', async () => {
+describe('start-up checks: one line naming the key and the file', () => {
+  const files = () => ({ certFile: path.join(dir, 'tls.crt'), keyFile: path.join(dir, 'tls.key') });
+
+  test('a key that does not match its certificate', async () => {
     copyFileSync(path.join(FIXTURES, 'server-a.crt'), path.join(dir, 'tls.crt'));
     copyFileSync(path.join(FIXTURES, 'server-b.key'), path.join(dir, 'tls.key'));
-    await expect(serve({})).rejects.toThrow(/key values mismatch|KEY_VALUES_MISMATCH/i);
+    await expect(serve({})).rejects.toThrow(`tls.keyFile: ${path.join(dir, 'tls.key')} is not the key of the certificate in tls.certFile (${path.join(dir, 'tls.crt')})`);
   });
 
-  test('a missing file stops the start with its path', async () => {
-    await expect(startTestServer({ tls: { certFile: path.join(dir, 'absent.crt'), keyFile: path.join(dir, 'tls.key') } })).rejects.toThrow(/absent\.crt/);
+  test.each([
+    ['a missing certificate', { certFile: 'absent.crt' }, /^tls\.certFile: \/.*absent\.crt: no such file$/],
+    ['a missing key', { keyFile: 'absent.key' }, /^tls\.keyFile: \/.*absent\.key: no such file$/],
+    ['a missing client CA', { clientCaFile: 'absent-ca.crt' }, /^tls\.clientCaFile: \/.*absent-ca\.crt: no such file$/],
+    ['a directory', { certFile: '.' }, /^tls\.certFile: \/.*: is a directory$/],
+    ['a certificate file that is not PEM', { certFile: 'not-pem.crt' }, /^tls\.certFile: \/.*not-pem\.crt is not a PEM file/],
+    ['a key where the certificate belongs', { certFile: 'tls.key' }, /^tls\.certFile: \/.*tls\.key holds no PEM certificate/],
+    ['a certificate where the key belongs', { keyFile: 'tls.crt' }, /^tls\.keyFile: \/.*tls\.crt holds no usable PEM private key$/],
+    ['a key with a passphrase', { keyFile: 'encrypted.key' }, /^tls\.keyFile: \/.*encrypted\.key is encrypted with a passphrase/],
+  ])('%s', async (_name, change, message) => {
+    install('server-a');
+    writeFileSync(path.join(dir, 'not-pem.crt'), 'certificate goes here\n');
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256', privateKeyEncoding: { type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'secret' }, publicKeyEncoding: { type: 'spki', format: 'pem' } });
+    writeFileSync(path.join(dir, 'encrypted.key'), privateKey);
+    const tls = { ...files(), ...Object.fromEntries(Object.entries(change).map(([key, file]) => [key, path.join(dir, file)])) };
+    const started = startTestServer({ tls });
+    await expect(started).rejects.toBeInstanceOf(StartupError);
+    await expect(started).rejects.toThrow(message);
   });
 });
 
