@@ -202,6 +202,12 @@ export function recommendedEnvoyOptions(mode: ConfiguredBodyMode, metadataNamesp
   };
 }
 
+/** Local replies Envoy sends itself, by their response code details. */
+const ENVOY_REPLIES = new Map([
+  ['request_payload_too_large', "the body Envoy holds is over its buffer limit (per_connection_buffer_limit_bytes, 64 MiB in envoy/envoy.yaml)"],
+  ['ext_proc_error_per-message_timeout_exceeded', 'the server did not answer within message_timeout'],
+]);
+
 /** Why Envoy did not apply the header mutation of an answer it got no mutation notes for. */
 function notAppliedBecause(phase: string, mode: BodySendMode): string {
   if (phase === 'request_body' && (mode === 'STREAMED' || mode === 'FULL_DUPLEX_STREAMED')) {
@@ -316,7 +322,7 @@ export async function explain(config: Config, request: ExplainRequest, options: 
   const effective: BodySendMode = applied?.requestBodyMode ?? request.mode;
   if (override && !applied) {
     notes.push(`Envoy ignored the server's mode_override: it applies one only with allow_mode_override, and never when the filter's body mode is FULL_DUPLEX_STREAMED.`);
-  } else if (override && request.mode === 'NONE') {
+  } else if (override) {
     notes.push('Assumes allow_mode_override: true on the ext_proc filter (recommended set-up); without it Envoy ignores mode_override.');
   }
 
@@ -346,7 +352,7 @@ export async function explain(config: Config, request: ExplainRequest, options: 
       ...(outcome.details ? { details: outcome.details } : {}),
       by: serverReplied ? 'server' : 'envoy',
     };
-    if (!serverReplied) notes.push(`Envoy itself answers ${outcome.status} (${outcome.details}): see the exchange above.`);
+    if (!serverReplied) notes.push(`Envoy itself answers ${outcome.status} (${outcome.details}): ${ENVOY_REPLIES.get(outcome.details) ?? 'see the exchange above'}.`);
   }
 
   const pathAfter = lookup(forwarded, ':path') ?? request.path;

@@ -313,6 +313,15 @@ describe('explain: requests as curl users write them', () => {
     for (const mode of ['NONE', 'BUFFERED', 'STREAMED', 'BUFFERED_PARTIAL', 'FULL_DUPLEX_STREAMED']) expect(help.stdout).toContain(mode);
     expect(help.stdout).toContain('examples/bodies/');
   });
+  it("shows a local reply Envoy sends itself: a BUFFERED body over Envoy's 64 MiB buffer limit is a 413", async () => {
+    const big = write('big.json', Buffer.concat([Buffer.from('{"model":"gpt-image-1","prompt":"'), Buffer.alloc(65 * 1024 * 1024, 0x61), Buffer.from('"}')]));
+    // Chunked: with a content-length the server would see the size and not ask for the body at all.
+    const run = await explainHere('--path', DEPLOYMENT_PATH, '-H', 'content-type: application/json', '-H', 'transfer-encoding: chunked', '--data-binary', `@${big}`, '--mode', 'BUFFERED');
+    expect(run.status).toBe(0);
+    expect(run.stdout).toMatch(/Local reply from Envoy \(the request does not reach Azure\)\n +status +413\n/);
+    expect(run.stdout).toContain('Envoy itself answers 413 (request_payload_too_large): the body Envoy holds is over its buffer limit');
+    expect(run.stdout).toMatch(/body sent +not sent \(the request is answered locally\)/);
+  });
 });
 
 describe('explain: one model of Envoy, every body mode', () => {

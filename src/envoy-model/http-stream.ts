@@ -90,7 +90,8 @@ class FilterManagerSide implements DirectionCallbacks {
   endForwarded = false;
   trailersForwarded = false;
   /** decodingBuffer()/encodingBuffer(): data the filter asked the filter manager to hold. */
-  private buffered: Buffer | null = null;
+  private held: Buffer[] | null = null;
+  private heldBytes = 0;
   /** complete(): the codec delivered end of stream for this direction. */
   private complete = false;
   private stopped = false;
@@ -135,7 +136,7 @@ class FilterManagerSide implements DirectionCallbacks {
         // A non-streaming buffer over the limit is an error: 413 / 500 (docs/envoy-ext-proc.md#buffered).
         this.stopped = true;
         this.append(holder.data);
-        if ((this.buffered?.length ?? 0) > this.bufferLimit()) this.stream.dataTooLarge(this.direction);
+        if (this.heldBytes > this.bufferLimit()) this.stream.dataTooLarge(this.direction);
         break;
       case 'StopIterationAndWatermark':
         // Flow control only: held, never an error.
@@ -165,9 +166,9 @@ class FilterManagerSide implements DirectionCallbacks {
     if (this.stream.terminal) return;
     this.stopped = false;
     if (!this.headersForwarded) this.forwardHeaders();
-    if (this.buffered !== null) {
-      const data = this.buffered;
-      this.buffered = null;
+    if (this.held !== null) {
+      const data = this.bufferedData()!;
+      this.clearHeld();
       this.forwardData(data, this.complete && this.trailers === null);
     }
     if (this.trailers !== null) this.forwardTrailers();
@@ -182,16 +183,20 @@ class FilterManagerSide implements DirectionCallbacks {
   }
 
   bufferedData(): Buffer | null {
-    return this.buffered;
+    // Held as a list of chunks and joined when read: appending 1,000 chunks must not copy the body 1,000 times.
+    if (this.held !== null && this.held.length !== 1) this.held = [Buffer.concat(this.held)];
+    return this.held?.[0] ?? null;
   }
 
   addBufferedData(data: Buffer): void {
     this.append(data);
-    if ((this.buffered?.length ?? 0) > this.bufferLimit()) this.stream.dataTooLarge(this.direction);
+    if (this.heldBytes > this.bufferLimit()) this.stream.dataTooLarge(this.direction);
   }
 
   modifyBufferedData(fn: (data: Buffer) => Buffer): void {
-    this.buffered = fn(this.buffered ?? Buffer.alloc(0));
+    const data = fn(this.bufferedData() ?? Buffer.alloc(0));
+    this.held = [data];
+    this.heldBytes = data.length;
   }
 
   bufferLimit(): number {
@@ -201,13 +206,19 @@ class FilterManagerSide implements DirectionCallbacks {
   // -- helpers --
 
   private append(data: Buffer): void {
-    this.buffered = this.buffered === null ? Buffer.from(data) : Buffer.concat([this.buffered, data]);
+    (this.held ??= []).push(Buffer.from(data));
+    this.heldBytes += data.length;
+  }
+
+  private clearHeld(): void {
+    this.held = null;
+    this.heldBytes = 0;
   }
 
   private forwardHeaders(): void {
     if (this.headersForwarded) return;
     this.headersForwarded = true;
-    if (this.complete && this.buffered === null && this.trailers === null) this.endForwarded = true;
+    if (this.complete && this.held === null && this.trailers === null) this.endForwarded = true;
   }
 
   private forwardData(data: Buffer, endStream: boolean): void {
@@ -219,9 +230,9 @@ class FilterManagerSide implements DirectionCallbacks {
   private forwardTrailers(): void {
     if (this.trailersForwarded) return;
     if (!this.headersForwarded) this.headersForwarded = true;
-    if (this.buffered !== null) {
-      this.out.push(this.buffered);
-      this.buffered = null;
+    if (this.held !== null) {
+      this.out.push(this.bufferedData()!);
+      this.clearHeld();
     }
     this.trailersForwarded = true;
     this.endForwarded = true;
