@@ -74,7 +74,8 @@ function nodeSupportsResetGuardOptions(version = process.versions.node): boolean
 
 /**
  * Envoy >= 1.37 ends every call with END_STREAM then RST_STREAM; Node's HTTP/2 layer counts those resets
- * against its rapid-reset guard and drops the whole connection when the bucket runs dry (reference P25).
+ * against its rapid-reset guard and drops the whole connection when the bucket runs dry
+ * (docs/envoy-ext-proc.md#node-and-http2-stream-resets).
  * Node >= 22.10 lets a server raise the bucket; grpc-js 1.14 does not pass the options through, so they go
  * into the options object it hands to http2.createServer. Only for the Envoy-facing listener.
  */
@@ -82,7 +83,7 @@ function raiseResetGuard(server: grpc.Server, config: Config, logger: Logger): v
   if (!nodeSupportsResetGuardOptions()) {
     logger.warn(
       { node: process.versions.node },
-      'Node < 22.10 cannot raise the HTTP/2 rapid-reset limit: cap ext_proc connections in Envoy with max_requests_per_connection (see README, reference P25)',
+      'Node < 22.10 cannot raise the HTTP/2 rapid-reset limit: cap ext_proc connections in Envoy with max_requests_per_connection (see docs/envoy-ext-proc.md#node-and-http2-stream-resets)',
     );
     return;
   }
@@ -227,7 +228,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         responses = processor.handle(message);
         if (message.request) observer?.messageProcessed?.(message.request, (performance.now() - begun) / 1000);
       } catch (error) {
-        // Surprises end the call with a gRPC status; Envoy's failure_mode_allow decides (lesson 7).
+        // Surprises end the call with a gRPC status; Envoy's failure_mode_allow decides
+        // (docs/envoy-ext-proc.md#failures).
         logger.error({ err: error }, 'ext_proc call failed');
         finish('error');
         call.emit('error', { code: grpc.status.INTERNAL, details: (error as Error).message });
@@ -245,7 +247,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         }
       }
     });
-    // Envoy's half-close: every message has been answered synchronously, so finish with OK (§6.6, P22).
+    // Envoy's half-close: every message has been answered synchronously, so finish with OK: a non-OK status after
+    // the last answer can still fail the request (docs/envoy-ext-proc.md#how-envoy-ends-a-call).
     // A reset (client disconnect, Envoy's cancel) also surfaces as 'end' first, with 'cancelled' right
     // after: wait one turn so a reset is not taken for a half-close and nothing is written to it.
     call.on('end', () =>
@@ -256,7 +259,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         call.end();
       }),
     );
-    // Envoy >= 1.37 cancels right after its last needed answer; clients disconnect. Both are normal (P17).
+    // Envoy >= 1.37 cancels right after its last needed answer; clients disconnect. Both are normal
+    // (docs/envoy-ext-proc.md#how-envoy-ends-a-call).
     call.on('cancelled', () => finish('cancelled'));
     call.on('error', () => finish('error'));
   }
