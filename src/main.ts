@@ -2,7 +2,8 @@
 // Entry point: `--config file` / EXTPROC_CONFIG + env -> config -> server; the file and the API key file
 // reload on change and on SIGHUP; SIGTERM/SIGINT drain then exit. A problem the user can fix (a bad
 // value, a file that cannot be read, an address in use) is one line on stderr and exit code 2.
-import { parseArgs } from 'node:util';
+import { format, parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
 import { healthChecker, startAdmin } from './admin.js';
 import { ConfigError, ENV_KEYS, type Config } from './config.js';
 import { CONFIG_FILE_ENV, configFilePath, loadConfigFrom } from './config-file.js';
@@ -82,6 +83,13 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger(config.logLevel);
+  // grpc-js prints its own errors on stderr ("No address added..."); every one a user can act on is
+  // reported by this server in its own words, so grpc-js goes to the log at debug.
+  grpc.setLogger({
+    error: (...args: unknown[]) => logger.debug({ grpc: format(...args) }, 'grpc-js'),
+    info: (...args: unknown[]) => logger.debug({ grpc: format(...args) }, 'grpc-js'),
+    debug: (...args: unknown[]) => logger.debug({ grpc: format(...args) }, 'grpc-js'),
+  });
   const metrics = createMetrics({ version: VERSION });
   const apiKey = createApiKeys(logger);
   apiKey.use(config.credentials);
