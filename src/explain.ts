@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { CallContext } from './call/index.js';
 import { ConfigError, type Config } from './config.js';
 import { configFilePath, loadConfigFrom } from './config-file.js';
+import { injectsKeys, keyFileFor } from './credentials.js';
 import { describeMode, explain, printable, type Explanation, type PartSummary } from './explain-call.js';
 import { HELP, USAGE, UsageError, requestFromArgs, type ExplainIo, type ParsedArgs } from './explain-request.js';
 import type { ImageRoute } from './routes.js';
@@ -137,12 +138,17 @@ export async function runExplain(argv: string[], io: ExplainIo): Promise<number>
   }
 
   const context: CallContext = {};
-  const keyFile = config.credentials.apiKeyFile;
   let keyProblem: string | undefined;
-  if (keyFile) {
-    const secret = readSecretFile(keyFile);
-    if ('value' in secret) context.apiKey = () => secret.value;
-    else keyProblem = `credentials.apiKeyFile ${keyFile} cannot be used (${secret.problem}): the server would not inject api-key until it can read it.`;
+  if (injectsKeys(config.credentials)) {
+    // The key file the request's path selects (credentials.apiKeyFiles, else apiKeyFile), as the server picks it.
+    context.apiKey = (pathname?: string) => {
+      const keyFile = keyFileFor(config.credentials, pathname ?? '/');
+      if (keyFile === undefined) return undefined;
+      const secret = readSecretFile(keyFile);
+      if ('value' in secret) return secret.value;
+      keyProblem = `credentials key file ${keyFile} cannot be used (${secret.problem}): the server would not inject api-key until it can read it.`;
+      return undefined;
+    };
   }
 
   const explanation: Explanation = await explain(config, request, { context, ...(configFile ? { configFile } : {}) });

@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { buildConfig } from '../../src/config.js';
 import { createApiKeys, keyFileFor, type KeyFileSettings } from '../../src/credentials.js';
+import { runExplain } from '../../src/explain.js';
 import { createLogger } from '../../src/log.js';
 import { cluster, connectionManagers, envoyApi, routeMatches } from '../support/envoy-api.js';
 import { jsonRequest, recommendedEnvoy, startTestServer, upstreamOf, header } from '../support/harness.js';
@@ -138,3 +139,33 @@ describe('through the server and the Envoy emulation', () => {
     }
   });
 });
+
+describe('explain', () => {
+  it('shows the key of the resource the path selects', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'api-keys-'));
+    try {
+      writeFileSync(path.join(dir, 'a'), 'key-a');
+      writeFileSync(path.join(dir, 'b'), 'key-of-resource-b');
+      const config = path.join(dir, 'config.yaml');
+      writeFileSync(config, `credentials:\n  apiKeyFile: ${path.join(dir, 'a')}\n  apiKeyFiles: { "/resource-b/": ${path.join(dir, 'b')} }\n`);
+      const keyOf = async (p: string) => {
+        let out = '';
+        const body = path.join(dir, 'body.json');
+        writeFileSync(body, '{"model":"m","prompt":"p"}');
+        const status = await runExplain(['--config', config, '--path', p, '-H', 'content-type: application/json', '--body-file', body, '--json'], {
+          env: {},
+          stdout: (text: string) => void (out += text),
+          stderr: () => undefined,
+        } as never);
+        expect(status).toBe(0);
+        const report = JSON.parse(out) as { headerChanges: Array<{ name: string; value?: string }> };
+        return report.headerChanges.find((c) => c.name === 'api-key')?.value;
+      };
+      expect(await keyOf('/resource-b/openai/deployments/x/images/generations')).toBe('[hidden, 17 characters]');
+      expect(await keyOf('/openai/deployments/x/images/generations')).toBe('[hidden, 5 characters]');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
