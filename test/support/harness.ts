@@ -32,7 +32,7 @@ export async function startTestServer(overrides: Record<string, unknown> = {}, o
   };
 }
 
-/** The recommended set-up (README "Attach to your Envoy"): headers only, bodies via mode_override. */
+/** The recommended set-up (README, "An Envoy you already run"): headers only, bodies via mode_override. */
 export function recommendedEnvoy(target: string, extra: Partial<EmulatorOptions> = {}): EnvoyEmulator {
   return new EnvoyEmulator({
     target,
