@@ -52,7 +52,7 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 /** Case-insensitive: `LOG_LEVEL=DEBUG` is `debug`. */
 const logLevel = z.preprocess((value) => (typeof value === 'string' ? value.trim().toLowerCase() : value), z.enum(LOG_LEVELS));
 
-/** What to do with a request past a size limit or the global memory budget (issue 4). */
+/** What to do with a request past a size limit or the global memory budget. */
 const LimitsSchema = z
   .object({
     /** Largest request body the server edits; larger ones are forwarded unchanged or rejected. */
@@ -74,7 +74,7 @@ const deploymentName = z
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ".", "_" or "-", starting with a letter or digit')
   .refine((name) => name !== '.' && name !== '..', 'must not be "." or ".."');
 
-/** Opt-in rewrites (issue 6). With none configured the server only removes `model` on deployment routes. */
+/** Opt-in rewrites. With none configured the server only removes `model` on deployment routes. */
 const RewriteSchema = z
   .object({
     /** Plain OpenAI paths (`{prefix}/images/generations|edits`) -> Azure deployment routes. */
