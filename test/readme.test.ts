@@ -67,4 +67,17 @@ describe('README', () => {
     expect(shown.requestId).toBeDefined();
     expect(shown.level).toBe('info');
   });
+
+  it('the licence package.json names is in LICENSE, in full, and CHANGELOG.md has the current version', () => {
+    const pkg = JSON.parse(read('package.json')) as { license: string; version: string };
+    expect(pkg.license).toBe('Apache-2.0');
+    const licence = read('LICENSE');
+    expect(licence).toMatch(/^\s*Apache License\s+Version 2\.0, January 2004/);
+    for (let section = 1; section <= 9; section++) expect(licence).toMatch(new RegExp(`^\\s+${section}\\. [A-Z]`, 'm'));
+    expect(licence).toContain('END OF TERMS AND CONDITIONS');
+    const changelog = read('CHANGELOG.md');
+    expect(changelog).toMatch(/^## Unreleased$/m);
+    expect(changelog).toMatch(new RegExp(`^## ${pkg.version.replace(/\./g, '\\.')} - \\d{4}-\\d{2}-\\d{2}$`, 'm'));
+    expect(readme).toContain('[LICENSE](LICENSE)');
+  });
 });
