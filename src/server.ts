@@ -27,8 +27,8 @@ export interface ServerOptions {
   config: () => Config;
   logger: Logger;
   observer?: CallObserver;
-  /** The current API key from `credentials.apiKeyFile` (see src/secrets.ts). */
-  apiKey?: () => string | undefined;
+  /** The current API key for a request path (`credentials.apiKeyFile` / `apiKeyFiles`, see src/credentials.ts). */
+  apiKey?: (pathname: string) => string | undefined;
 }
 
 export interface RunningServer {

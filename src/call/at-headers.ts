@@ -27,8 +27,8 @@ interface Changes {
 }
 
 export interface HeaderContext {
-  /** The API key from `credentials.apiKeyFile`, read at call time. */
-  apiKey: () => string | undefined;
+  /** The API key for a request path (`credentials.apiKeyFile` / `apiKeyFiles`, src/credentials.ts), read at call time. */
+  apiKey: (pathname: string) => string | undefined;
 }
 
 export function decideAtHeaders(scope: CallScope, message: HttpHeaders, headers: HeaderView, context: HeaderContext): HeadersDecision {

@@ -20,8 +20,8 @@ export class ProtocolError extends Error {}
 export interface CallContext {
   /** Global budget of held body bytes (absent: unbounded, e.g. in `explain`). */
   budget?: MemoryBudget;
-  /** The API key from `credentials.apiKeyFile`, read at call time. */
-  apiKey?: () => string | undefined;
+  /** The API key for a request path (`credentials.apiKeyFile` / `apiKeyFiles`, src/credentials.ts), read at call time. */
+  apiKey?: (pathname: string) => string | undefined;
 }
 
 const EMPTY_BODY: HttpBody = { body: Buffer.alloc(0), end_of_stream: false };
