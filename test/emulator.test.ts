@@ -11,6 +11,8 @@ import type { EmulatorOptions, Outcome } from './envoy/emulator.js';
 import { EnvoyEmulator } from './envoy/emulator.js';
 import { startDataPath } from './envoy/data-path.js';
 import { ExtProcStream } from './envoy/grpc-stream.js';
+import { EnvoyModel } from '../src/envoy-model/index.js';
+import { InProcessTransport } from '../src/envoy-model/in-process.js';
 import type { ScriptedCall, ScriptedServer, WireRequest } from './envoy/fixtures.js';
 import { answering, answeringKind, continueFor, getHeader, requestHeaders, setHeader, startScriptedServer, wireHeader } from './envoy/fixtures.js';
 
@@ -692,5 +694,46 @@ describe('data path', () => {
     const res = await fetch(`${dp.url}/x`);
     expect(res.status).toBe(403);
     expect(await res.text()).toBe('denied');
+  });
+});
+
+describe('the in-process transport (explain): the same filter, the server in this process', () => {
+  const options = { processingMode: { requestBodyMode: 'BUFFERED' as const }, stallTimeoutMs: 2000 };
+  const request = { headers: [[':method', 'POST'], [':path', '/x'], ['host', 'h'], ['content-type', 'application/json']] as Array<[string, string]>, body: '{"a":1}' };
+
+  it('hands the server decoded messages and Envoy decoded answers, on later turns, in order', async () => {
+    const seen: string[] = [];
+    let closed = false;
+    const transport = new InProcessTransport(() => ({
+      handle(message) {
+        seen.push(`${message.request}:${message.protocol_config?.request_body_mode ?? '-'}`);
+        if (message.request === 'request_headers') return [{ request_headers: { response: { header_mutation: { set_headers: [setHeader('x-added', 'yes')] } } } }];
+        return [{ request_body: { response: { body_mutation: { body: Buffer.from('{"b":22}') }, header_mutation: { set_headers: [setHeader('content-length', '8')] } } } }];
+      },
+      close: () => void (closed = true),
+    }));
+    const outcome = await new EnvoyModel(options, transport).request(request);
+    // protocol_config on the first message only, as Envoy sends it; enum values as names, as decoded off the wire.
+    expect(seen).toEqual(['request_headers:BUFFERED', 'request_body:-']);
+    expect(upstreamOf(outcome).body.toString()).toBe('{"b":22}');
+    expect(getHeader(upstreamOf(outcome).headers, 'x-added')).toBe('yes');
+    expect(getHeader(upstreamOf(outcome).headers, 'content-length')).toBe('8');
+    expect(outcome.transcript.filter((entry) => entry.kind === 'header mutation').map((entry) => entry.message)).toEqual([
+      { action: 'set', name: 'x-added', value: 'yes', applied: true },
+      { action: 'set', name: 'content-length', value: '8', applied: true },
+    ]);
+    expect(closed).toBe(true);
+  });
+
+  it('a server that throws ends the call with INTERNAL: Envoy (failure_mode_allow false) answers 500', async () => {
+    const transport = new InProcessTransport(() => ({
+      handle() {
+        throw new Error('boom');
+      },
+      close: () => undefined,
+    }));
+    const outcome = await new EnvoyModel(options, transport).request(request);
+    expect(outcome.serverStatus).toEqual({ code: 13, details: 'boom' });
+    expect(outcome).toMatchObject({ kind: 'local_reply', status: 500, details: 'ext_proc_error_gRPC_error_13{boom}' });
   });
 });
