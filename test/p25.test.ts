@@ -1,4 +1,4 @@
-// Reference P25, both ways. Envoy >= 1.37 ends every ext_proc call with END_STREAM and RST_STREAM(CANCEL);
+// Node's HTTP/2 reset guard against Envoy's stream close (docs/envoy-ext-proc.md#node-and-http2-stream-resets), both ways. Envoy >= 1.37 ends every ext_proc call with END_STREAM and RST_STREAM(CANCEL);
 // nghttp2 inside Node counts each reset in a token bucket (burst 1000, refill 33/s) and, once it is empty,
 // sends GOAWAY(INTERNAL_ERROR): every call open on that connection fails and Envoy answers 500.
 //   (i)  On this process's Node: what the server says at start, that the uncapped load loses calls where
@@ -35,7 +35,7 @@ function canRaiseResetGuard(version: string): boolean {
 
 /**
  * CALLS pass-through calls through the emulated Envoy 1.40 (which closes every call the 1.37 way).
- * message_timeout is generous: a timeout would be the load generator's own queueing, not P25.
+ * message_timeout is generous: a timeout would be the load generator's own queueing, not the reset guard.
  */
 async function load(target: string, maxRequestsPerConnection?: number): Promise<{ result: LoadResult; connections: number }> {
   const envoy = recommendedEnvoy(target, { maxRequestsPerConnection, messageTimeoutMs: 10_000 });
@@ -67,7 +67,7 @@ describe(`(i) on this process's Node ${process.versions.node}`, () => {
     await server.shutdown(1_000);
     const warnings = lines.map((line) => JSON.parse(line) as { level: string; msg: string }).filter((line) => line.level === 'warn');
     if (raised) expect(warnings).toEqual([]);
-    else expect(warnings.map((line) => line.msg)).toEqual([expect.stringMatching(/max_requests_per_connection.*P25/)]);
+    else expect(warnings.map((line) => line.msg)).toEqual([expect.stringMatching(/max_requests_per_connection.*docs\/envoy-ext-proc\.md#node-and-http2-stream-resets/)]);
   });
 
   test(`uncapped, ${CALLS} calls closed the 1.37 way: ${raised ? 'none lost' : 'calls are lost to GOAWAY'}; capped at 900: none lost`, async () => {
