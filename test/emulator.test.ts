@@ -202,14 +202,15 @@ describe('response matching and failures', () => {
   it('override_message_timeout extends the timer once, only up to max_message_timeout', async () => {
     const s = await server(async (call) => {
       const m = await call.next();
-      call.send({ override_message_timeout: { seconds: 0, nanos: 300e6 } });
-      await new Promise((r) => setTimeout(r, 150));
+      call.send({ override_message_timeout: { seconds: 3, nanos: 0 } });
+      await new Promise((r) => setTimeout(r, 1200));
       call.send(continueFor(m));
     });
-    const extended = await envoy(s.target, { messageTimeoutMs: 100, maxMessageTimeoutMs: 1000 }).request({ headers: GET() });
+    // Timeouts with room for a busy machine: the override must arrive within 1 s, the answer after 1.2 s.
+    const extended = await envoy(s.target, { messageTimeoutMs: 1000, maxMessageTimeoutMs: 5000 }).request({ headers: GET() });
     expect(extended.kind).toBe('upstream');
     expect(extended.counters.override_message_timeout_received).toBe(1);
-    const notAllowed = await envoy(s.target, { messageTimeoutMs: 100 }).request({ headers: GET() });
+    const notAllowed = await envoy(s.target, { messageTimeoutMs: 1000 }).request({ headers: GET() });
     expect(localReplyOf(notAllowed).status).toBe(504);
     expect(notAllowed.counters.override_message_timeout_ignored).toBe(1);
   });
@@ -698,7 +699,7 @@ describe('data path', () => {
 });
 
 describe('the in-process transport (explain): the same filter, the server in this process', () => {
-  const options = { processingMode: { requestBodyMode: 'BUFFERED' as const }, stallTimeoutMs: 2000 };
+  const options = { processingMode: { requestBodyMode: 'BUFFERED' as const } };
   const request = { headers: [[':method', 'POST'], [':path', '/x'], ['host', 'h'], ['content-type', 'application/json']] as Array<[string, string]>, body: '{"a":1}' };
 
   it('hands the server decoded messages and Envoy decoded answers, on later turns, in order', async () => {
