@@ -64,8 +64,8 @@ describe.each(['info', 'debug'] as const)('logs at %s', (level) => {
     send(imageHeaders({ contentLength: Buffer.byteLength(body), extra }), body);
 
   it('never logs planted credentials or prompts', async () => {
-    // Rewritten: JSON and multipart, BUFFERED.
-    await json('{"model":"gpt-image-1","prompt":"PLANTED-PROMPT-xyz"}');
+    // Rewritten: JSON and multipart, BUFFERED; the first carries Envoy's request id.
+    await json('{"model":"gpt-image-1","prompt":"PLANTED-PROMPT-xyz"}', { 'x-request-id': 'req-7f3a' });
     const form = multipart('PLANTEDxyzBoundary');
     await send(
       {
@@ -127,6 +127,8 @@ describe.each(['info', 'debug'] as const)('logs at %s', (level) => {
       .filter((line) => line.includes('"msg":"request rewritten"'))
       .map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(rewritten.length).toBeGreaterThan(0);
+    // The request id joins the line with Envoy's access log (%REQ(X-REQUEST-ID)%).
+    expect(rewritten[0]).toMatchObject({ requestId: 'req-7f3a' });
     for (const entry of rewritten) {
       expect(entry).toMatchObject({ level: 'info', route: 'deployment', changes: ['model'] });
       expect(['generations', 'edits']).toContain(entry.operation);

@@ -91,3 +91,25 @@ describe('names from clients never reach Object.prototype', () => {
     expect(answer).toEqual(['headers: continue']);
   });
 });
+
+describe('dynamic metadata', () => {
+  test('names the decision and the request id, to join with Envoy access logs', () => {
+    const call = startCall({ metadataNamespace: 'azure_image_extproc' });
+    call.send(headers({ ...jsonHeaders({ 'x-request-id': 'req-1' }), ':method': 'GET' }, 'NONE', true));
+    expect(call.answers[0]!.dynamic_metadata).toEqual({
+      fields: {
+        azure_image_extproc: {
+          structValue: {
+            fields: {
+              action: { stringValue: 'passed' },
+              request_id: { stringValue: 'req-1' },
+              route: { stringValue: 'deployment' },
+              deployment: { stringValue: 'gpt-image-1' },
+              reason: { stringValue: 'method' },
+            },
+          },
+        },
+      },
+    });
+  });
+});
