@@ -153,16 +153,17 @@ describe('explain', () => {
     expect(run.stdout).not.toContain(FILE_KEY);
   });
 
-  it('exits 2 on bad arguments and on a bad configuration, naming the problem', () => {
+  it('exits 2 on bad arguments and on a bad configuration, naming the problem', async () => {
     const noPath = explain('-H', 'content-type: application/json');
     expect(noPath.status).toBe(2);
     expect(noPath.stderr).toContain('--path (or a URL) is required');
     expect(noPath.stderr).toContain('usage: explain');
-    expect(explain('--path', '/x', '--mode', 'SOMETIMES').status).toBe(2);
-    expect(explain('--path', '/x', '--body-file', join(dir, 'missing.json')).stderr).toContain('ENOENT');
+    // The rest in this process: the exit status and message come from the same runExplain.
+    expect((await explainHere('--path', '/x', '--mode', 'SOMETIMES')).status).toBe(2);
+    expect((await explainHere('--path', '/x', '--body-file', join(dir, 'missing.json'))).stderr).toContain('ENOENT');
 
     const config = write('bad.yaml', 'rewrite:\n  openaiPaths:\n    prefx: /v1\n');
-    const bad = explain('--config', config, '--path', '/x');
+    const bad = await explainHere('--config', config, '--path', '/x');
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('rewrite.openaiPaths.prefx: unknown key');
     expect(bad.stdout).toBe('');
