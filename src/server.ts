@@ -205,7 +205,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
             changes: report.changes,
             bytesBefore: report.bytesIn,
             bytesAfter: report.bytesOut,
-            ...(report.decompressed ? { decompressed: report.decompressed } : {}),
+            ...(report.decompressed ? { decompressed: report.decompressed.encoding, bytesCompressed: report.decompressed.bytes } : {}),
             ...(report.stopped ? { stopped: report.stopped } : {}),
             durationMs: Math.round((performance.now() - started) * 1000) / 1000,
           },

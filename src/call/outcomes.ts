@@ -56,14 +56,14 @@ export interface RewriteReport {
   route: ImageRoute;
   bodyKind: 'json' | 'multipart' | 'none';
   mode: BodySendMode | 'unknown' | 'headers';
-  /** Body bytes as Envoy sent them (compressed when the request was). */
+  /** Body bytes before the edit (after inflating, for a compressed body: compare with bytesOut). */
   bytesIn: number;
-  /** Body bytes forwarded upstream (decompressed when the edit inflated the body). */
+  /** Body bytes forwarded upstream. */
   bytesOut: number;
   /** Body fields removed or replaced, and header-time actions (`alias`, `api_version`, `credentials`, `path`). */
   changes: string[];
-  /** `gzip`, `deflate` or `br` when the body was inflated to be edited (and went upstream uncompressed). */
-  decompressed?: string;
+  /** A compressed body inflated to be edited (it went upstream uncompressed): its coding and size as sent. */
+  decompressed?: { encoding: string; bytes: number };
   /**
    * A streamed edit that stopped after bytes had already gone upstream changed: what stopped it. The
    * bytes before that point were edited, the rest went as it came.

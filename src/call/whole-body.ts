@@ -124,10 +124,10 @@ export class WholeBody implements BodyStrategy {
       route: plan.route,
       bodyKind: request.bodyKind,
       mode: this.mode,
-      bytesIn: request.bytesIn,
+      bytesIn: body.length,
       bytesOut: request.bytesOut,
       changes: [...plan.actions, ...outcome.touched.map((field) => field.name), ...(path !== undefined ? ['path'] : [])],
-      ...(request.encoding !== 'identity' ? { decompressed: request.encoding } : {}),
+      ...(request.encoding !== 'identity' ? { decompressed: { encoding: request.encoding, bytes: original.length } } : {}),
     });
     return bodyResponse('request', { body: edited, headers: { set, remove }, clearRouteCache: path !== undefined }, record.extras());
   }

@@ -37,7 +37,7 @@ describe('BUFFERED (asked with mode_override for a small announced body)', () =>
     expect(call.processor.finalResult()).toMatchObject({ kind: 'passed', reason: 'nesting_too_deep' });
   });
 
-  test('gzip body: inflated, edited, sent uncompressed; the report says it was decompressed', () => {
+  test('gzip body: inflated, edited, sent uncompressed; sizes compare decoded bytes, the compressed size apart', () => {
     const call = startCall();
     const gz = gzipSync('{"model":"m","prompt":"p"}');
     const answers = transcript(call, [
@@ -45,7 +45,7 @@ describe('BUFFERED (asked with mode_override for a small announced body)', () =>
       body(gz, true),
     ]);
     expect(answers).toEqual([['headers: override BUFFERED'], ['body: set content-length=14; remove content-encoding; replace {"prompt":"p"}']]);
-    expect(call.processor.finalResult()).toMatchObject({ kind: 'rewritten', report: { bytesIn: gz.length, bytesOut: 14, decompressed: 'gzip' } });
+    expect(call.processor.finalResult()).toMatchObject({ kind: 'rewritten', report: { bytesIn: 26, bytesOut: 14, decompressed: { encoding: 'gzip', bytes: gz.length } } });
   });
 });
 
