@@ -245,6 +245,15 @@ describe('explain: requests as curl users write them', () => {
     expect(exact.body.removed).toEqual(['model']);
   });
 
+  it('like curl: GET without a body, POST with one, repeated -d joined with &', async () => {
+    const get = await report(DEPLOYMENT_PATH);
+    expect(get.request.method).toBe('GET');
+    expect(get.result).toMatchObject({ kind: 'passed', reason: 'method' });
+    const joined = await report(DEPLOYMENT_PATH, '-d', 'a=1', '-d', 'b=2');
+    expect(joined.request.method).toBe('POST');
+    expect(joined.request.headers).toContainEqual(['content-length', '7']);
+  });
+
   it('-d without a content-type is sent as curl sends it (form-urlencoded), and says so', async () => {
     const run = await report('--path', DEPLOYMENT_PATH, '-d', JSON_BODY);
     expect(run.request.headers).toContainEqual(['content-type', 'application/x-www-form-urlencoded']);
