@@ -1,4 +1,4 @@
-// The shared pool's rollout story, across replicas (docs/deploy-pool.md): three real server processes
+// The shared pool's rollout story, across replicas (docs/deploy-pool.md): two real server processes
 // (src/main.ts, as the image runs it) behind the emulated Envoy cluster of deploy/pool/envoy-cluster.yaml
 // (round robin per call, gRPC health checks with the shipped interval, timeout and thresholds), under
 // sustained load of small JSON edits, streamed multipart uploads and pass-through calls. One replica gets
@@ -17,10 +17,10 @@ import { binary, frames, header, jsonRequest, multipartBody, multipartRequest, r
 import { readManifests } from './support/manifests.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const REPLICAS = 3;
+const REPLICAS = 2;
 // Sustained, not maximal: the suite runs two files at once on two cores, and overload is not what this tests.
-const CONCURRENCY = 8;
-const PAUSE_MS = 10;
+const CONCURRENCY = 6;
+const PAUSE_MS = 20;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- the shipped settings -----------------------------------------------------------------------
@@ -131,7 +131,7 @@ interface RunResult {
 }
 
 /**
- * Three replicas under load; SIGTERM to the first after `warmupMs`; load continues until it has exited
+ * The replicas under load; SIGTERM to the first after `warmupMs`; load continues until it has exited
  * and `afterMs` more, then every call is awaited.
  */
 async function drainUnderLoad(drainDelayMs: string, { warmupMs = 1_500, afterMs = 1_500 } = {}): Promise<RunResult> {
@@ -180,7 +180,10 @@ async function drainUnderLoad(drainDelayMs: string, { warmupMs = 1_500, afterMs 
       result.calls++;
       result.byKind[kind.name] = (result.byKind[kind.name] ?? 0) + 1;
       const why = failure(kind, outcome);
-      if (why) result.failures.push(`${host.target} ${why}`);
+      if (why) {
+        const at = (t: number) => (sigtermAt === undefined ? 'before SIGTERM' : `${Math.round(t - sigtermAt)} ms after SIGTERM`);
+        result.failures.push(`${host === drained ? 'drained replica' : `replica ${cluster.hosts.indexOf(host)}`}, started ${at(started)}, ended ${at(performance.now())}: ${why}`);
+      }
       await sleep(PAUSE_MS);
     }
   };
@@ -232,8 +235,7 @@ describe('a shared pool of replicas behind one Envoy cluster', () => {
     expect(result.exitCode).toBe(0);
     // The load was real: every kind ran many times, and calls of each kind were on the replica when it
     // got SIGTERM (streamed uploads included).
-    for (const kind of ['json', 'pass-through']) expect(result.byKind[kind], kind).toBeGreaterThan(30);
-    expect(result.byKind.streamed).toBeGreaterThanOrEqual(8);
+    for (const kind of ['json', 'streamed', 'pass-through']) expect(result.byKind[kind], kind).toBeGreaterThanOrEqual(10);
     if (process.env.POOL_DRAIN_REPORT) console.log(JSON.stringify({ ...result, failures: result.failures.length }));
     expect(result.inFlightAtSigterm.streamed ?? 0).toBeGreaterThan(0);
     // Envoy kept sending to it until the health check saw NOT_SERVING (that is what the drain delay
