@@ -2,7 +2,7 @@
 // none runs (and stopped again only then), and every container, network, volume and image the test
 // creates tracked by name so that it can remove them all, whatever fails.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync } from 'node:fs';
+import { existsSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -48,11 +48,14 @@ const exitCode = (command: string, args: string[]): Promise<number> =>
   new Promise((resolve) => execFile(command, args, { timeout: 20_000 }, (error) => resolve(error ? 1 : 0)));
 
 const DANGLING = ['images', '-q', '--no-trunc', '--filter', 'dangling=true'];
+/** Far above a normal run (under 6 minutes on a fresh machine), so only a hang reaches it. */
+const RUN_LIMIT_MS = 12 * 60_000;
 
 export class Engine {
   /** The docker client: one whose BuildKit works without a buildx plugin (Debian's 20.10 client has it built in). */
   bin = 'docker';
   private dockerd: ChildProcess | undefined;
+  private dockerdLog = '';
   private readonly containers = new Set<string>();
   private readonly networks = new Set<string>();
   private readonly volumes = new Set<string>();
@@ -65,7 +68,22 @@ export class Engine {
     private readonly log: (line: string) => void,
   ) {}
 
+  /** The whole run's time limit: past it every command fails at once, and only the clean-up still runs. */
+  private readonly deadline = Date.now() + RUN_LIMIT_MS;
+
+  /** `run` within the run's time limit. */
+  exec(command: string, args: string[], options: RunOptions = {}): Promise<Result> {
+    const left = this.deadline - Date.now();
+    if (left <= 0) return Promise.reject(new Error(`the container test's limit of ${RUN_LIMIT_MS / 60_000} minutes has passed: ${command} ${args[0]} not run`));
+    return run(command, args, { ...options, timeoutMs: Math.min(options.timeoutMs ?? 60_000, left) });
+  }
+
   docker(args: string[], options: RunOptions = {}): Promise<Result> {
+    return this.exec(this.bin, args, options);
+  }
+
+  /** For the clean-up: not bound by the run's limit (each command still is). */
+  private dockerAlways(args: string[], options: RunOptions = {}): Promise<Result> {
     return run(this.bin, args, options);
   }
 
@@ -79,20 +97,20 @@ export class Engine {
       this.log(`installing ${missing.join(', ')} (apt-get)`);
       const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
       const install = ['install', '-y', '-q', '--no-install-recommends', ...missing];
-      const first = await run('apt-get', install, { env, timeoutMs: 180_000, allowFail: true });
+      const first = await this.exec('apt-get', install, { env, timeoutMs: 180_000, allowFail: true });
       if (first.code !== 0) {
-        await run('apt-get', ['update', '-q'], { env, timeoutMs: 120_000 });
-        await run('apt-get', install, { env, timeoutMs: 180_000 });
+        await this.exec('apt-get', ['update', '-q'], { env, timeoutMs: 120_000 });
+        await this.exec('apt-get', install, { env, timeoutMs: 180_000 });
       }
     }
     this.bin = await this.pickClient();
-    if ((await run(this.bin, ['info'], { allowFail: true, timeoutMs: 20_000 })).code !== 0) {
-      const logFile = path.join(tmpdir(), `${this.prefix}-dockerd.log`);
+    if ((await this.exec(this.bin, ['info'], { allowFail: true, timeoutMs: 20_000 })).code !== 0) {
+      const logFile = (this.dockerdLog = path.join(tmpdir(), `${this.prefix}-dockerd.log`));
       this.log(`no Docker engine answers: starting dockerd (log ${logFile}); it is stopped again at the end`);
       const out = openSync(logFile, 'a');
       this.dockerd = spawn('dockerd', [], { stdio: ['ignore', out, out], detached: true });
       const deadline = Date.now() + 60_000;
-      while ((await run(this.bin, ['info'], { allowFail: true, timeoutMs: 10_000 })).code !== 0) {
+      while ((await this.exec(this.bin, ['info'], { allowFail: true, timeoutMs: 10_000 })).code !== 0) {
         if (Date.now() > deadline || this.dockerd.exitCode !== null) throw new Error(`dockerd did not start: see ${logFile}`);
         await new Promise((resolve) => setTimeout(resolve, 500));
       }
@@ -120,7 +138,7 @@ export class Engine {
   }
 
   private async list(args: string[]): Promise<string[]> {
-    return (await this.docker(args)).stdout.split('\n').filter(Boolean);
+    return (await this.dockerAlways(args, { timeoutMs: 30_000 })).stdout.split('\n').filter(Boolean);
   }
 
   name(suffix: string): string {
@@ -173,7 +191,7 @@ export class Engine {
   async cleanUp(): Promise<string[]> {
     const problems: string[] = [];
     const remove = async (args: string[]) => {
-      const result = await this.docker(args, { allowFail: true, timeoutMs: 60_000 });
+      const result = await this.dockerAlways(args, { allowFail: true, timeoutMs: 60_000 });
       if (result.code !== 0 && !/No such|not found/i.test(result.stderr)) problems.push(`${args.join(' ')}: ${result.stderr.trim()}`);
     };
     for (const name of this.containers) await remove(['rm', '-f', '-v', name]);
@@ -199,6 +217,7 @@ export class Engine {
     dockerd.kill('SIGTERM');
     await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 30_000))]);
     if (dockerd.exitCode === null) dockerd.kill('SIGKILL');
+    else rmSync(this.dockerdLog, { force: true });
     this.log('stopped the dockerd this test started');
   }
 }
