@@ -20,7 +20,8 @@ export const PASS_REASONS = {
     'a member or part to edit is larger than the editor holds back (1 MiB): forwarded byte for byte, so Azure still sees `model`',
   partial_body: 'Envoy sent only part of the body (BUFFERED_PARTIAL)',
   body_mode_unknown: 'Envoy sent no protocol_config (< 1.34): the body mode is unknown',
-  body_not_sent: 'the body never reached the server (Envoy body mode NONE and no mode_override possible)',
+  body_not_sent:
+    'the body never reached the server: Envoy was not asked for it (body mode NONE and no mode_override possible), or Envoy answered the request itself first (e.g. 413 past its buffer limit, a timeout)',
   needs_buffered_body:
     'this rewrite needs the whole body (deployment taken from `model`, compressed body, extra_body unwrap) but Envoy streams it: configure request_body_mode NONE with allow_mode_override, or BUFFERED',
   too_large: 'the body is over limits.maxBodyBytes or the memory budget (limits.overLimit: forward)',
