@@ -498,6 +498,36 @@ describe('several Azure resources behind one Envoy (envoy/envoy-multi-resource.y
     expect(config).toEqual(base);
   });
 
+  /** What must hold of the file: every route's cluster exists; every Azure cluster is TLS on 443 to its own host. */
+  function multiProblems(text: string): string[] {
+    let config: Obj;
+    try {
+      config = envoyApi().decodeBootstrapYaml(text, MULTI);
+    } catch (error) {
+      return [(error as Error).message];
+    }
+    const problems: string[] = [];
+    for (const r of connectionManagers(config).find((m) => m.port === 10000)!.routes) {
+      if (!cluster(config, String(r.route!.cluster))) problems.push(`route ${r.name} goes to unknown cluster ${String(r.route!.cluster)}`);
+    }
+    for (const name of ['azure_openai', 'azure_openai_b']) {
+      const c = cluster(config, name) as Any;
+      const address = c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address;
+      const tls = c.transport_socket?.typed_config;
+      if (address.port_value !== 443) problems.push(`${name}: port ${address.port_value}, not 443`);
+      if (tls?.sni !== address.address) problems.push(`${name}: SNI ${tls?.sni} is not its host ${address.address}`);
+    }
+    return problems;
+  }
+
+  it('catches a wrong cluster name, port or SNI', () => {
+    const text = read(MULTI);
+    expect(multiProblems(text)).toEqual([]);
+    expect(multiProblems(text.replace('cluster: azure_openai_b\n', 'cluster: azure_openai_c\n')).join('\n')).toMatch(/route resource_b_images goes to unknown cluster azure_openai_c/);
+    expect(multiProblems(text.replace('address: YOUR_RESOURCE_B.openai.azure.com, port_value: 443', 'address: YOUR_RESOURCE_B.openai.azure.com, port_value: 8443')).join('\n')).toMatch(/azure_openai_b: port 8443/);
+    expect(multiProblems(text.replace('sni: YOUR_RESOURCE_B.openai.azure.com', 'sni: YOUR_RESOURCE.openai.azure.com')).join('\n')).toMatch(/azure_openai_b: SNI YOUR_RESOURCE.openai.azure.com is not its host/);
+  });
+
   it('a wrong field or enum in it fails the strict decode', () => {
     const text = read(MULTI);
     expect(() => envoyApi().decodeBootstrapYaml(text.replace('regex_rewrite: { pattern:', 'regex_rewrite: { patern:'), 'mutated')).toThrow(/unknown field "patern"/);
