@@ -25,7 +25,8 @@ COPY tsconfig.json tsconfig.build.json tsconfig.tools.json ./
 COPY src ./src
 COPY proto ./proto
 COPY tools ./tools
-# The server (dist/), and the Azure stand-in the compose demo runs from this same image (dist/tools/).
+# The server (dist/), and the Azure stand-in the compose demo runs from this same image (dist/tools/, with
+# the src/body modules it reads multipart bodies with in dist/src/).
 RUN npm run build && npx tsc -p tsconfig.tools.json
 
 # ---- prod-deps: runtime dependencies only, from the lockfile -------------------------------------

@@ -8,7 +8,8 @@ import { createInterface } from 'node:readline';
 import { inflateSync } from 'node:zlib';
 import { AzureOpenAI } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { multipartBoundary, parseMultipart, startAzureStandin, TINY_PNG_BASE64, type Standin } from '../tools/azure-standin.js';
+import { listMultipartParts } from '../src/body/index.js';
+import { multipartBoundary, startAzureStandin, TINY_PNG_BASE64, type Standin } from '../tools/azure-standin.js';
 
 const API = '?api-version=2025-04-01-preview';
 const DEP = '/openai/deployments/gpt-image-2-1';
@@ -142,8 +143,8 @@ describe('deployment routes', () => {
     it('keeps binary image bytes intact (parsed as bytes, not text)', () => {
       const bytes = Buffer.from([0x00, 0xff, 0x0d, 0x0a, 0x2d, 0x2d, 0x80]);
       const form = multipart([['image', bytes, 'x.png'], ['prompt', 'é']]);
-      const parts = parseMultipart(form.body, multipartBoundary(form.type)!)!;
-      expect(parts.map((p) => [p.name, p.filename, p.data])).toEqual([
+      const parts = listMultipartParts(form.body, multipartBoundary(form.type)!)!;
+      expect(parts.map((p) => [p.name, p.filename, p.content])).toEqual([
         ['image', 'x.png', bytes],
         ['prompt', undefined, Buffer.from('é')],
       ]);

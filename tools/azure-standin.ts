@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
+import { listMultipartParts, parseBoundary, type MultipartPart } from '../src/body/index.js';
 
 export interface StandinOptions {
   port?: number;
@@ -102,46 +103,10 @@ interface ImageFields {
 // ---------------------------------------------------------------------------------------------------
 // Bodies.
 
-export interface MultipartPart {
-  name: string;
-  filename?: string;
-  headers: Record<string, string>;
-  data: Buffer;
-}
-
-/** The boundary parameter of a multipart/form-data content-type (quoted or not), or undefined. */
+/** The boundary of a multipart/form-data content-type (quoted or not), or undefined. */
 export function multipartBoundary(contentType: string | undefined): string | undefined {
   if (!contentType || !/^multipart\/form-data\s*(;|$)/i.test(contentType)) return undefined;
-  const m = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentType);
-  return m?.[1] ?? m?.[2];
-}
-
-/** Parses a complete multipart/form-data body (RFC 7578); undefined if it is malformed. */
-export function parseMultipart(body: Buffer, boundary: string): MultipartPart[] | undefined {
-  const delimiter = Buffer.from(`--${boundary}`);
-  let pos = body.indexOf(delimiter);
-  if (pos === -1) return undefined;
-  const parts: MultipartPart[] = [];
-  for (;;) {
-    pos += delimiter.length;
-    if (body.subarray(pos, pos + 2).toString('latin1') === '--') return parts; // close delimiter
-    if (body.subarray(pos, pos + 2).toString('latin1') !== '\r\n') return undefined;
-    const headerEnd = body.indexOf('\r\n\r\n', pos + 2);
-    if (headerEnd === -1) return undefined;
-    const next = body.indexOf(Buffer.from(`\r\n--${boundary}`), headerEnd + 4);
-    if (next === -1) return undefined;
-    const headers: Record<string, string> = {};
-    for (const line of body.subarray(pos + 2, headerEnd).toString('latin1').split('\r\n')) {
-      const colon = line.indexOf(':');
-      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-    }
-    const disposition = headers['content-disposition'] ?? '';
-    const name = /;\s*name="([^"]*)"/i.exec(disposition)?.[1];
-    if (!/^form-data\s*(;|$)/i.test(disposition) || name === undefined) return undefined;
-    const filename = /;\s*filename="([^"]*)"/i.exec(disposition)?.[1];
-    parts.push({ name, ...(filename !== undefined ? { filename } : {}), headers, data: body.subarray(headerEnd + 4, next) });
-    pos = next + 2;
-  }
+  return parseBoundary(contentType) ?? undefined;
 }
 
 function jsonFields(body: Buffer): ImageFields | Reply {
@@ -165,11 +130,11 @@ function jsonFields(body: Buffer): ImageFields | Reply {
 }
 
 function multipartFields(parts: MultipartPart[]): ImageFields {
-  const text = (name: string) => parts.find((p) => p.name === name && p.filename === undefined)?.data.toString('utf8');
+  const text = (name: string) => parts.find((p) => p.name === name && p.filename === undefined)?.content.toString('utf8');
   return {
     has: (name) => parts.some((p) => p.name === name),
     get: text,
-    hasImage: parts.some((p) => (p.name === 'image' || p.name === 'image[]') && p.data.length > 0),
+    hasImage: parts.some((p) => (p.name === 'image' || p.name === 'image[]') && p.content.length > 0),
   };
 }
 
@@ -185,8 +150,9 @@ function readFields(operation: Operation, headers: http.IncomingHttpHeaders, bod
   if (!boundary) {
     return invalidRequest(`Unsupported content type: '${contentType ?? ''}'. This API method only accepts 'multipart/form-data' requests.`);
   }
-  const parts = parseMultipart(body, boundary);
-  return parts ? multipartFields(parts) : invalidRequest('The multipart/form-data body could not be parsed.');
+  // The server's own multipart reader; a part that is not form-data with a name is malformed here too.
+  const parts = listMultipartParts(body, boundary);
+  return parts && parts.every((part) => part.name !== null) ? multipartFields(parts) : invalidRequest('The multipart/form-data body could not be parsed.');
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -328,7 +328,7 @@ describe('the image, run as documented', () => {
       }
     });
 
-    it("the compose pair: Azure's 400 straight to the stand-in, 200 through Envoy and the containerised server", async () => {
+    it("the compose pair: Azure's 400 straight to the stand-in, 200 through Envoy and the containerised server (generation and edit)", async () => {
       const azure = `http://${await hostPort(names.azure!, 8080)}`;
       const envoy = recommendedEnvoy(await hostPort(names.extproc!, 50051));
       const dataPath = await startDataPath({ emulator: envoy, upstream: azure });
@@ -346,6 +346,20 @@ describe('the image, run as documented', () => {
         const filtered = await send(dataPath.url);
         expect(filtered.status).toBe(200);
         expect(((await filtered.json()) as { data: Array<{ b64_json: string }> }).data[0]!.b64_json).toMatch(/^iVBORw0KGgo/);
+        // An edit: the stand-in reads the multipart body too.
+        const boundary = 'container-test-edit';
+        const edit = (base: string) =>
+          fetch(base + EDITS_PATH, {
+            method: 'POST',
+            headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'api-key': apiKey },
+            body: multipartBody(boundary, [
+              { name: 'model', data: 'gpt-image-2-1' },
+              { name: 'prompt', data: 'add a hat' },
+              { name: 'image', filename: 'in.png', contentType: 'image/png', data: Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), binary(50_000, 3)]) },
+            ]),
+          });
+        expect((await edit(azure)).status).toBe(400);
+        expect((await edit(dataPath.url)).status).toBe(200);
       } finally {
         await dataPath.close();
         envoy.close();
