@@ -31,7 +31,8 @@ test('node dist/main.js: ready line, healthy on a unix socket, clean exit on SIG
   const socket = `unix:${path.join(dir, 'extproc.sock')}`;
   const child = spawn(process.execPath, ['dist/main.js'], {
     cwd: dir,
-    env: { ...process.env, EXTPROC_LISTEN: socket, EXTPROC_DRAIN_DELAY_MS: '0', LOG_LEVEL: 'info' },
+    // A misspelt variable gets a warning; Kubernetes' service variables for a Service named extproc do not.
+    env: { ...process.env, EXTPROC_LISTEN: socket, EXTPROC_DRAIN_DELAY_MS: '0', LOG_LEVEL: 'info', EXTPROC_LISTN: '127.0.0.1:1', EXTPROC_SERVICE_HOST: '10.0.0.1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -45,6 +46,8 @@ test('node dist/main.js: ready line, healthy on a unix socket, clean exit on SIG
   expect(ready, output).toBeDefined();
   const { version } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
   expect(JSON.parse(ready!)).toMatchObject({ level: 'info', version, listen: socket });
+  const warned = output.split('\n').filter((line) => line.includes('unknown EXTPROC_ environment variable')).map((line) => JSON.parse(line) as { variable: string });
+  expect(warned.map((line) => line.variable)).toEqual(['EXTPROC_LISTN']);
 
   const probe = await promisify(execFile)(process.execPath, ['dist/healthcheck.js', socket], { cwd: dir }).then(
     () => 0,
