@@ -3,21 +3,29 @@
 // one (so both modes give the same bytes by construction).
 import { EMPTY } from './bytes.js';
 import { Sink } from './sink.js';
-import type { EditOutcome, MemberAction, StreamEditor, TouchedField } from './types.js';
+import type { EditFailure, EditOutcome, MemberAction, StreamEditor, TouchedName } from './types.js';
 
 export const DEFAULT_MAX_HELD_BYTES = 1024 * 1024;
 
 export interface StreamEditorOptions {
-  /** A held member/part larger than this stops editing (outcome `invalid`). Default 1 MiB. */
+  /**
+   * Before any change is made, holding more than this stops editing (outcome `invalid`, the body goes on
+   * byte for byte). Default 1 MiB.
+   */
   maxHeldBytes?: number;
 }
 
 export abstract class ByteEditor implements StreamEditor {
-  readonly touched: TouchedField[] = [];
+  readonly touched: TouchedName[] = [];
+  /** The touched entry of each name (see TouchedField: one per name). */
+  private readonly touchedByName = new Map<string, TouchedName>();
   /** Why the outcome is `invalid` (empty otherwise). */
   reason = '';
+  failure: EditFailure | undefined;
+  editedBeforeFailure = false;
   protected readonly sink = new Sink();
   protected failed = false;
+  /** A rule changed a member/part: from here on the edit must be finished (see checkHeld). */
   protected changed = false;
   /** Body offset of the chunk being scanned, for error messages. */
   protected offset = 0;
@@ -34,6 +42,10 @@ export abstract class ByteEditor implements StreamEditor {
 
   get heldBytes(): number {
     return this.sink.heldBytes;
+  }
+
+  get stateBytes(): number {
+    return this.sink.slackBytes + this.parserStateBytes();
   }
 
   get complete(): boolean {
@@ -91,20 +103,42 @@ export abstract class ByteEditor implements StreamEditor {
   /**
    * Fails when `size` held bytes are over the limit. Checked when a push ends and again when a
    * matched member/part is complete, so a member too large fails however the body was cut.
+   *
+   * Only until the first change: stopping after it would send a body edited up to some point and not
+   * after (a second `model` member left in, say). The bytes held from then on are counted in heldBytes,
+   * so the caller's body-size limit and memory budget still bound them.
    */
   protected checkHeld(size: number): boolean {
-    if (size <= this.maxHeldBytes) return true;
-    this.fail(`held member exceeds ${this.maxHeldBytes} bytes`);
+    if (size <= this.maxHeldBytes || this.changed) return true;
+    this.fail(`held member exceeds ${this.maxHeldBytes} bytes`, 'held_too_large');
     return false;
   }
 
   /** Stops editing for good: what is held is released verbatim and the rest passes through. */
-  protected fail(reason: string): void {
+  protected fail(reason: string, failure: EditFailure = 'malformed'): void {
     if (this.failed) return;
     this.failed = true;
     this.reason = reason;
+    this.failure = failure;
+    this.editedBeforeFailure = this.changed;
     this.sink.abandon();
   }
+
+  /** Records that a rule changed the member/part `name` whose original value is `value`. */
+  protected touch(name: string, action: 'remove' | 'replace', value: Buffer): void {
+    this.changed = true;
+    const known = this.touchedByName.get(name);
+    if (known !== undefined) {
+      known.count++;
+      return;
+    }
+    const field: TouchedName = { name, action, value, count: 1 };
+    this.touchedByName.set(name, field);
+    this.touched.push(field);
+  }
+
+  /** Bytes of parser state that grow with the input (see stateBytes). */
+  protected abstract parserStateBytes(): number;
 
   /** Scans one chunk, steering its bytes through the sink; calls fail() on malformed input. */
   protected abstract scan(chunk: Buffer): void;
@@ -127,7 +161,7 @@ export function editInChunks(editor: StreamEditor, chunks: Iterable<Buffer>): Bu
 export function editWhole(editor: ByteEditor, body: Buffer, inPlace = false): EditOutcome {
   const edited = editor.editAll(body, inPlace);
   if (edited !== null) return { kind: 'edited', body: edited, touched: [...editor.touched] };
-  return editor.outcome === 'invalid' ? { kind: 'invalid', reason: editor.reason } : { kind: 'unchanged' };
+  return editor.failure !== undefined ? { kind: 'invalid', reason: editor.reason, failure: editor.failure } : { kind: 'unchanged' };
 }
 
 /**

@@ -1,4 +1,4 @@
-export type { EditOutcome, FieldRule, FieldRules, MemberAction, MultipartPart, StreamEditor, TouchedField, WholeEditOptions } from './types.js';
+export type { EditFailure, EditOutcome, FieldRule, FieldRules, MemberAction, MultipartPart, StreamEditor, TouchedField, TouchedName, WholeEditOptions } from './types.js';
 export { editJson, createJsonEditor } from './json.js';
 export { parseBoundary, editMultipart, createMultipartEditor, listMultipartParts } from './multipart.js';
 export { classifyBody, type BodyKind } from './content-type.js';

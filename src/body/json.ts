@@ -1,15 +1,18 @@
 // Byte-exact editing of the top-level members of a JSON object (RFC 8259), whole or incremental.
 //
-// Output layout: "{" + the whitespace before the first member, then the kept members, each but the
-// first preceded by the separator (whitespace, comma, whitespace) that preceded it in the input,
-// then the input from the end of the last member on. Removing one member therefore removes it with
-// exactly one comma: the one after it when nothing before it is kept, else the one before it.
-// Every other byte is copied: key order, whitespace, number spelling, escapes.
+// Output layout: the input without the removed members, where a removed member goes with the
+// separator before it when a kept member precedes it (whitespace, comma, whitespace: "A , M" -> "A"),
+// and otherwise with everything after it up to the next key or the closing "}" ("{ M , B }" -> "{ B }",
+// "{ M }" -> "{ }"). So each removal takes exactly one comma, or none when no member is left. Every other
+// byte is copied: key order, whitespace, number spelling, escapes.
 //
 // Incrementally, a top-level member is held from its separator (or key) while its key is read;
 // once the key is known not to match a rule it is released and the member streams through. Only a
-// matched member is held to its end. The whitespace after a top-level value waits for the next
-// "," or "}" because it belongs to a separator that may go.
+// matched member is held to its end. The whitespace after a kept top-level value waits for the next
+// "," or "}" because it belongs to a separator that may go; after a removed member with nothing kept
+// before it, what follows up to the next key is dropped as it comes, never held. So a failure (the hold
+// cap, before any change) releases what is held with the rest of the body and the output is still the
+// input with complete members removed.
 import { EMPTY, Utf8Stream, describeByte, hasControlByte } from './bytes.js';
 import { ByteEditor, editWhole, effectiveAction, type StreamEditorOptions } from './editor.js';
 import type { EditOutcome, FieldRule, FieldRules, StreamEditor, WholeEditOptions } from './types.js';
@@ -56,6 +59,16 @@ const M_MATCHED = 3; // a rule decides at the value's end (held)
 const OBJECT = 0;
 const ARRAY = 1;
 
+/**
+ * How deep arrays and objects may nest inside the top-level object before the editor stops editing
+ * (failure `too_deep`; the body goes on byte for byte). Request bodies nest a few levels, and common
+ * JSON readers refuse much less (.NET's System.Text.Json stops at 64 levels by default), so nothing an
+ * upstream accepts is lost, while a body of megabytes of "[" costs a fixed 125-byte nesting stack (one bit
+ * per level) instead of memory growing with the body. Once a change is made the edit must be finished,
+ * so the stack grows past this, still one bit per level, counted in stateBytes.
+ */
+export const MAX_JSON_DEPTH = 1000;
+
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 const BOM = [0xef, 0xbb, 0xbf];
@@ -84,7 +97,9 @@ class JsonEditor extends ByteEditor {
 
   private state = T_BOM;
   private bomIndex = 0;
-  private readonly nesting: number[] = [];
+  /** Bit i: whether the container at nesting level i is an array (1) or an object (0). */
+  private nesting = new Uint8Array(Math.ceil(MAX_JSON_DEPTH / 8));
+  private depth = 0;
   private stringKind = STR_VALUE;
   private hexLeft = 0;
   private literal: Buffer = EMPTY;
@@ -275,7 +290,7 @@ class JsonEditor extends ByteEditor {
         if (c === 0x5d) return this.close(p);
         return this.valueStart(c, p);
       case V_AFTER: {
-        const inside = this.nesting[this.nesting.length - 1];
+        const inside = this.inside();
         if (c === 0x2c) this.state = inside === OBJECT ? V_OBJ_KEY : V_VALUE;
         else if (c === (inside === OBJECT ? 0x7d : 0x5d)) this.close(p);
         else this.unexpected(c, p, inside === OBJECT ? 'where "," or "}" should follow a value' : 'where "," or "]" should follow a value');
@@ -288,12 +303,10 @@ class JsonEditor extends ByteEditor {
   private valueStart(c: number, p: number): void {
     switch (c) {
       case 0x7b:
-        this.nesting.push(OBJECT);
-        this.state = V_OBJ_FIRST;
+        if (this.open(OBJECT, p)) this.state = V_OBJ_FIRST;
         return;
       case 0x5b:
-        this.nesting.push(ARRAY);
-        this.state = V_ARR_FIRST;
+        if (this.open(ARRAY, p)) this.state = V_ARR_FIRST;
         return;
       case QUOTE:
         return this.stringStart(STR_VALUE);
@@ -351,13 +364,42 @@ class JsonEditor extends ByteEditor {
     if (this.member === M_KEY) this.keyDone(end);
   }
 
+  /** Enters an array or object; false when that goes deeper than the editor follows (it failed). */
+  private open(kind: number, p: number): boolean {
+    const depth = this.depth;
+    if (depth >= MAX_JSON_DEPTH && !this.changed) {
+      this.fail(`JSON nested deeper than ${MAX_JSON_DEPTH} levels at byte ${this.at(p)}`, 'too_deep');
+      return false;
+    }
+    const byte = depth >> 3;
+    if (byte >= this.nesting.length) {
+      const grown = new Uint8Array(2 * this.nesting.length);
+      grown.set(this.nesting);
+      this.nesting = grown;
+    }
+    const bit = 1 << (depth & 7);
+    this.nesting[byte] = kind === ARRAY ? this.nesting[byte] | bit : this.nesting[byte] & ~bit;
+    this.depth = depth + 1;
+    return true;
+  }
+
+  /** OBJECT or ARRAY: the innermost open container. */
+  private inside(): number {
+    const level = this.depth - 1;
+    return (this.nesting[level >> 3] >> (level & 7)) & 1;
+  }
+
+  protected parserStateBytes(): number {
+    return this.nesting.length;
+  }
+
   private close(p: number): void {
-    this.nesting.pop();
+    this.depth--;
     this.valueDone(p + 1);
   }
 
   private valueDone(end: number): void {
-    if (this.nesting.length > 0) {
+    if (this.depth > 0) {
       this.state = V_AFTER;
       return;
     }
@@ -403,20 +445,20 @@ class JsonEditor extends ByteEditor {
     const held = this.sink.take(end);
     const value = held.subarray(this.valueOffset);
     const change = effectiveAction(this.rule!(value), value);
+    this.rule = undefined;
     if (change === 'remove') {
-      this.touched.push({ name: this.key, action: 'remove', value });
-      this.changed = true;
+      this.touch(this.key, 'remove', value);
+      // With nothing kept before it, what follows up to the next key (or "}") goes too (see the layout).
+      if (!this.anyKept) return this.sink.discard(end);
     } else if (change === null) {
       this.sink.emit(held);
       this.anyKept = true;
     } else {
-      this.touched.push({ name: this.key, action: 'replace', value });
-      this.changed = true;
+      this.touch(this.key, 'replace', value);
       this.sink.emit(held.subarray(0, this.valueOffset));
       this.sink.emit(change);
       this.anyKept = true;
     }
-    this.rule = undefined;
     this.sink.hold(end);
   }
 

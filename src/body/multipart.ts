@@ -9,7 +9,7 @@
 // Incrementally, only these are held: the delimiter line and header block of a part being read
 // (until its name is known), a possible delimiter prefix at a chunk's end, and the whole of a part
 // whose name has a rule (until its closing delimiter).
-import { describeByte } from './bytes.js';
+import { EMPTY, describeByte } from './bytes.js';
 import { ByteEditor, editWhole, effectiveAction, type StreamEditorOptions } from './editor.js';
 import { parseHeaderValue, trimOws } from './params.js';
 import type { EditOutcome, FieldRule, FieldRules, MultipartPart, StreamEditor, WholeEditOptions } from './types.js';
@@ -64,8 +64,8 @@ class MultipartEditor extends ByteEditor {
   /** Bytes of "\r\n\r\n" matched in the header block (starts at 2: the delimiter line's CRLF). */
   private headerEnd = 0;
   private headerBytes = 0;
-  /** Copies of the header block read so far (kept apart from the hold so it is checked even when nothing is held). */
-  private headerChunks: Buffer[] = [];
+  /** A copy of the header block read so far (kept apart from the hold so it is checked even when nothing is held). */
+  private header: Buffer = EMPTY;
   private contentOffset = 0; // held offset of a matched part's content
   private name = '';
   private rule: FieldRule | undefined;
@@ -190,7 +190,6 @@ class MultipartEditor extends ByteEditor {
         this.state = HEADERS;
         this.headerEnd = 2;
         this.headerBytes = 0;
-        this.headerChunks = [];
         return;
     }
   }
@@ -199,30 +198,49 @@ class MultipartEditor extends ByteEditor {
   private headers(buf: Buffer, p: number): number {
     const len = buf.length;
     const start = p;
+    // Like the hold cap, the limit applies until a change is made (then the edit must be finished).
+    const stop = this.changed ? len : Math.min(len, p + MAX_HEADER_BYTES + 1 - this.headerBytes);
     let k = this.headerEnd;
-    while (p < len && k < 4) {
+    while (p < stop && k < 4) {
       const c = buf[p++];
       if (c === CR) k = k === 2 ? 3 : 1;
       else if (c === LF && (k === 1 || k === 3)) k++;
       else k = 0;
-      if (++this.headerBytes > MAX_HEADER_BYTES) {
-        this.fail(`part header block over ${MAX_HEADER_BYTES} bytes at byte ${this.offset + p}`);
-        return len;
-      }
     }
     this.headerEnd = k;
-    this.headerChunks.push(Buffer.from(buf.subarray(start, p)));
+    if (this.headerBytes + p - start > MAX_HEADER_BYTES && !this.changed) {
+      this.fail(`part header block over ${MAX_HEADER_BYTES} bytes at byte ${this.offset + p}`);
+      return len;
+    }
+    this.keepHeader(buf.subarray(start, p));
     if (k === 4) this.headersDone(p);
     return p;
+  }
+
+  /** Appends header bytes to the copy of the block (grown by doubling, so 1-byte chunks cost no more). */
+  private keepHeader(bytes: Buffer): void {
+    const need = this.headerBytes + bytes.length;
+    if (need > this.header.length) {
+      const grown = Buffer.allocUnsafe(Math.max(256, 2 * this.header.length, need));
+      this.header.copy(grown, 0, 0, this.headerBytes);
+      this.header = grown;
+    }
+    bytes.copy(this.header, this.headerBytes);
+    this.headerBytes = need;
+  }
+
+  protected parserStateBytes(): number {
+    return this.header.length;
   }
 
   private headersDone(end: number): void {
     this.state = SEARCH;
     this.matched = 0;
-    const read = Buffer.concat(this.headerChunks);
-    this.headerChunks = [];
+    const read = this.header.subarray(0, this.headerBytes);
     // The block without its final CRLF CRLF; empty when the delimiter line is followed by a blank line.
     const fields = partFields(read.subarray(0, Math.max(0, read.length - 4)));
+    // A usual block fits the first allocation; a large one is not kept for the next part.
+    if (this.header.length > 1024) this.header = EMPTY;
     if (fields instanceof Error) return this.fail(`${fields.message} in the part headers ending at byte ${this.offset + end}`);
     const name = fields.name;
     const rule = this.onPart !== undefined ? KEEP : name === null ? undefined : this.rules.get(name);
@@ -248,8 +266,7 @@ class MultipartEditor extends ByteEditor {
     if (change === null) {
       this.sink.emit(held.subarray(0, dashOffset));
     } else {
-      this.touched.push({ name: this.name, action: change === 'remove' ? 'remove' : 'replace', value: content });
-      this.changed = true;
+      this.touch(this.name, change === 'remove' ? 'remove' : 'replace', content);
       if (change !== 'remove') {
         this.sink.emit(held.subarray(0, this.contentOffset));
         this.sink.emit(change);

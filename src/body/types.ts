@@ -6,6 +6,7 @@ export type FieldRule = (rawValue: Buffer) => MemberAction;
 /** Keyed by the DECODED JSON key (so "mo\u0064el" is "model") or the multipart part name. */
 export type FieldRules = ReadonlyMap<string, FieldRule>;
 
+/** A member/part a rule changed. */
 export interface TouchedField {
   name: string;
   action: 'remove' | 'replace';
@@ -13,10 +14,27 @@ export interface TouchedField {
   value: Buffer;
 }
 
+/**
+ * What the editors report per name: the first member/part of that name a rule changed, plus how many
+ * were changed, so a body repeating a name 100,000 times costs one entry, not 100,000.
+ */
+export interface TouchedName extends TouchedField {
+  /** How many members/parts of this name were changed (1 or more). */
+  count: number;
+}
+
+/**
+ * Why an editor stopped editing, for metric labels (the `reason` text says where and what):
+ * `malformed` the body is not what its content type claims (or ended early); `too_deep` JSON nested
+ * deeper than the editor follows; `held_too_large` a member/part that must be held back to decide on
+ * it is larger than the hold cap.
+ */
+export type EditFailure = 'malformed' | 'too_deep' | 'held_too_large';
+
 export type EditOutcome =
   | { kind: 'unchanged' } // well-formed, no rule changed anything: caller sends NO mutation
-  | { kind: 'edited'; body: Buffer; touched: TouchedField[] }
-  | { kind: 'invalid'; reason: string }; // not what it claims: caller forwards the original bytes unchanged
+  | { kind: 'edited'; body: Buffer; touched: TouchedName[] }
+  | { kind: 'invalid'; reason: string; failure: EditFailure }; // caller forwards the original bytes unchanged
 
 /** Incremental editor: feed chunks split at ANY byte position. */
 export interface StreamEditor {
@@ -25,9 +43,28 @@ export interface StreamEditor {
   /** Flush at end of body; afterwards outcome is final. */
   end(): Buffer;
   readonly outcome: 'unchanged' | 'edited' | 'invalid';
-  readonly touched: readonly TouchedField[];
-  /** Bytes currently held back (for memory accounting). */
+  /** With outcome `invalid`: why, as a code and as one line of text (never body content). */
+  readonly failure: EditFailure | undefined;
+  readonly reason: string;
+  /**
+   * With outcome `invalid`: a change had already been made (and possibly released) when editing stopped,
+   * so what went out is not the input byte for byte. Only a malformed body (or one cut short by end()
+   * before its structure ended) gets here: once a change is made, the hold cap and depth limit no longer
+   * stop the edit (see heldBytes / stateBytes), and what was released is always valid up to that point.
+   */
+  readonly editedBeforeFailure: boolean;
+  readonly touched: readonly TouchedName[];
+  /**
+   * Body bytes currently held back. Before any change this stays within the editor's hold cap (going over
+   * stops the edit); after a change it may grow past the cap, as stopping then would leave a half-edited
+   * body: the caller's own limits (body size, memory budget) bound it then.
+   */
   readonly heldBytes: number;
+  /**
+   * Memory the editor uses besides the held bytes (parser state: the JSON nesting stack, a multipart
+   * header block being read, spare packing room). What an editor costs is heldBytes + stateBytes.
+   */
+  readonly stateBytes: number;
   /**
    * The body's structure has ended (the JSON object closed, the multipart close delimiter seen) and it is
    * well-formed so far: whatever follows can only be trailing whitespace or the multipart epilogue.

@@ -32,13 +32,19 @@ describe('editJson inPlace', () => {
     );
   });
 
-  test('the result is a view of the input buffer (no new body-sized allocation)', () => {
-    const owned = Buffer.from('{"prompt":"p","model":"m","n":1}');
+  test('the result is the input buffer itself, rewritten (no new body-sized allocation)', () => {
+    // Larger than Node's 8 KiB pool, so a copy could not share the input's ArrayBuffer by chance.
+    const image = 'A'.repeat(20_000);
+    const owned = Buffer.from(`{"prompt":"p", "model":"m" ,"image":"${image}","n":1}`);
     const outcome = editJson(owned, remove, { inPlace: true });
     expect(outcome.kind).toBe('edited');
     if (outcome.kind !== 'edited') return;
+    // The same memory: same ArrayBuffer, same start; writing through one shows in the other.
     expect(outcome.body.buffer).toBe(owned.buffer);
-    expect(outcome.body.toString()).toBe('{"prompt":"p","n":1}');
+    expect(outcome.body.byteOffset).toBe(owned.byteOffset);
+    expect(outcome.body.toString()).toBe(`{"prompt":"p" ,"image":"${image}","n":1}`);
+    owned[1] = 0x20;
+    expect(outcome.body[1]).toBe(0x20);
     expect(outcome.touched[0]!.value.toString()).toBe('"m"');
   });
 
@@ -66,5 +72,24 @@ describe('editMultipart inPlace', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  test('the result is the input buffer itself, rewritten', () => {
+    const image = Buffer.alloc(20_000, 0x2d);
+    const owned = Buffer.concat([
+      Buffer.from('--b0undary\r\nContent-Disposition: form-data; name="prompt"\r\n\r\np\r\n--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'),
+      // A second matched part right after the first: its hold starts with bytes put back from the first.
+      Buffer.from('--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nm2\r\n'),
+      Buffer.from('--b0undary\r\nContent-Disposition: form-data; name="image"\r\n\r\n'),
+      image,
+      Buffer.from('\r\n--b0undary--\r\n'),
+    ]);
+    const expected = editMultipart(Buffer.from(owned), 'b0undary', remove);
+    const outcome = editMultipart(owned, 'b0undary', remove, { inPlace: true });
+    expect(outcome.kind).toBe('edited');
+    if (outcome.kind !== 'edited' || expected.kind !== 'edited') return;
+    expect(outcome.body.buffer).toBe(owned.buffer);
+    expect(outcome.body.byteOffset).toBe(owned.byteOffset);
+    expect(outcome.body.equals(expected.body)).toBe(true);
   });
 });

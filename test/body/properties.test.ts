@@ -5,7 +5,7 @@ import { describe, expect, test } from 'vitest';
 import { editInChunks } from '../../src/body/editor.js';
 import { createJsonEditor, editJson } from '../../src/body/json.js';
 import { createMultipartEditor, editMultipart } from '../../src/body/multipart.js';
-import type { EditOutcome, FieldRules, StreamEditor } from '../../src/body/types.js';
+import type { EditOutcome, FieldRule, FieldRules, StreamEditor } from '../../src/body/types.js';
 
 const dropModel: FieldRules = new Map([['model', () => 'remove' as const]]);
 
@@ -134,11 +134,12 @@ const generatedBody: fc.Arbitrary<GeneratedBody> = fc
     const texts = members.map((m) => m.key.raw + m.colonBefore + ':' + m.colonAfter + m.value);
     const separator = (i: number) => separators[i]![0] + ',' + separators[i]![1];
     const head = (bom ? '\ufeff' : '') + lead + '{' + first;
-    const tail = last + '}' + trail;
-    const text = head + texts.map((t, i) => (i === 0 ? '' : separator(i - 1)) + t).join('') + tail;
-    // Kept members, each but the first with the separator that preceded it in the input.
+    const text = head + texts.map((t, i) => (i === 0 ? '' : separator(i - 1)) + t).join('') + last + '}' + trail;
+    // Kept members, each but the first with the separator that preceded it in the input; a removed member
+    // with no kept one before it goes with everything up to the next key or "}".
     const kept = texts.flatMap((t, i) => (members[i]!.key.name === 'model' ? [] : [{ t, i }]));
-    const expected = head + kept.map(({ t, i }, j) => (j === 0 ? '' : separator(i - 1)) + t).join('') + tail;
+    const allRemoved = members.length > 0 && kept.length === 0;
+    const expected = head + kept.map(({ t, i }, j) => (j === 0 ? '' : separator(i - 1)) + t).join('') + (allRemoved ? '' : last) + '}' + trail;
     const modelValues = members.filter((m) => m.key.name === 'model').map((m) => m.value);
     return { text, expected, modelValues };
   });
@@ -152,7 +153,8 @@ describe('editJson properties', () => {
         expect(outcome.kind).toBe(modelValues.length === 0 ? 'unchanged' : 'edited');
         if (outcome.kind !== 'edited') return;
         expect(outcome.body.toString()).toBe(expected);
-        expect(outcome.touched.map((t) => [t.name, t.action, t.value.toString()])).toEqual(modelValues.map((v) => ['model', 'remove', v]));
+        // One entry per name: the first value and how many were removed.
+        expect(outcome.touched.map((t) => [t.name, t.action, t.value.toString(), t.count])).toEqual(modelValues.length === 0 ? [] : [['model', 'remove', modelValues[0], modelValues.length]]);
         // And as JSON: the same object minus its top-level model.
         const parsedIn = strictParse(input);
         const parsedOut = strictParse(outcome.body);
@@ -325,7 +327,7 @@ describe('editMultipart properties', () => {
         const outcome = editMultipart(text, b, dropModel);
         expect(outcome.kind).toBe(models.length > 0 ? 'edited' : 'unchanged');
         expect(forwarded(text, outcome).toString('latin1')).toBe(expected.toString('latin1'));
-        if (outcome.kind === 'edited') expect(outcome.touched.map((t) => t.value)).toEqual(models);
+        if (outcome.kind === 'edited') expect(outcome.touched.map((t) => [t.value, t.count])).toEqual([[models[0], models.length]]);
         expect(referenceEdit(text, b)).toEqual(expected);
       }),
       { numRuns: 400 },
@@ -405,6 +407,55 @@ describe('incremental editors', () => {
         expect(editor.heldBytes).toBe(0);
       }),
       { numRuns: 400 },
+    );
+  });
+
+  // An edit is finished or the body goes out byte for byte: with a hold cap so small that members, keys,
+  // separators and delimiters overflow it anywhere, a valid body cut anywhere comes out either as it came
+  // (the cap was hit before any change) or exactly as the whole-body edit, never half-edited.
+  const rules: FieldRules = new Map<string, FieldRule>([
+    ['model', () => 'remove'],
+    ['n', (value) => ({ replace: Buffer.from(value.length > 3 ? '7' : '"a longer replacement"') })],
+    ['prompt', () => 'keep'],
+  ]);
+  const valid = [
+    {
+      name: 'JSON',
+      body: generatedBody.map(({ text }) => ({
+        input: Buffer.from(text),
+        whole: (input: Buffer) => editJson(input, rules),
+        editor: (maxHeldBytes: number) => createJsonEditor(rules, { maxHeldBytes }),
+      })),
+    },
+    {
+      name: 'multipart',
+      body: generatedMultipart.map(({ boundary: b, text }) => ({
+        input: text,
+        whole: (input: Buffer) => editMultipart(input, b, rules),
+        editor: (maxHeldBytes: number) => createMultipartEditor(b, rules, { maxHeldBytes }),
+      })),
+    },
+  ];
+
+  test.each(valid)('$name: any small hold cap, any cuts: the input byte for byte or exactly the whole-body edit', ({ body }) => {
+    fc.assert(
+      fc.property(body, fc.integer({ min: 1, max: 64 }), chunking, ({ input, whole, editor: create }, maxHeldBytes, cuts) => {
+        const expected = whole(input);
+        if (expected.kind === 'invalid') return; // the generators make some multipart bodies a reader must refuse
+        const editor = create(maxHeldBytes);
+        const released = feed(editor, input, cutsFor(input, cuts));
+        expect(editor.editedBeforeFailure).toBe(false);
+        if (editor.outcome === 'invalid') {
+          expect(editor.failure).toBe('held_too_large');
+          expect(released.toString('latin1')).toBe(input.toString('latin1'));
+        } else {
+          expect(editor.outcome).toBe(expected.kind);
+          expect(released.toString('latin1')).toBe(forwarded(input, expected).toString('latin1'));
+          expect(editor.touched).toEqual(expected.kind === 'edited' ? expected.touched : []);
+          expect(editor.heldBytes).toBe(0);
+        }
+      }),
+      { numRuns: 600 },
     );
   });
 });
