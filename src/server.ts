@@ -150,6 +150,11 @@ function firstUpdate(provider: grpc.experimental.CertificateProvider, kind: 'ide
   });
 }
 
+/** socketMode on a unix socket listener (both gRPC listeners); TCP addresses have no file mode. */
+async function applySocketMode(address: string, mode: number | undefined): Promise<void> {
+  if (address.startsWith('unix:') && mode !== undefined) await chmod(address.slice('unix:'.length), mode);
+}
+
 function withPort(address: string, port: number): string {
   if (address.startsWith('unix:')) return address;
   return address.replace(/:\d+$/, `:${port}`);
@@ -269,9 +274,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   await removeStaleSocket(config.listen);
   const port = await bind(server, 'listen', config.listen, config.tls ? await tlsCredentials(config.tls) : undefined);
-  if (config.listen.startsWith('unix:') && config.socketMode !== undefined) {
-    await chmod(config.listen.slice('unix:'.length), config.socketMode);
-  }
+  await applySocketMode(config.listen, config.socketMode);
 
   // A health-only listener keeps Node's default HTTP/2 limits: kubelet probes are not Envoy.
   let healthServer: grpc.Server | undefined;
@@ -281,6 +284,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     health.addToServer(healthServer);
     await removeStaleSocket(config.healthListen);
     healthAddress = withPort(config.healthListen, await bind(healthServer, 'healthListen', config.healthListen));
+    await applySocketMode(config.healthListen, config.socketMode);
   }
 
   const setServing = (serving: boolean): void => {

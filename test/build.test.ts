@@ -29,10 +29,21 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 test('node dist/main.js: ready line, healthy on a unix socket, clean exit on SIGTERM', async () => {
   const socket = `unix:${path.join(dir, 'extproc.sock')}`;
+  const healthSocket = `unix:${path.join(dir, 'health.sock')}`;
   const child = spawn(process.execPath, ['dist/main.js'], {
     cwd: dir,
     // A misspelt variable gets a warning; Kubernetes' service variables for a Service named extproc do not.
-    env: { ...process.env, EXTPROC_LISTEN: socket, EXTPROC_DRAIN_DELAY_MS: '0', LOG_LEVEL: 'info', EXTPROC_LISTN: '127.0.0.1:1', EXTPROC_SERVICE_HOST: '10.0.0.1' },
+    env: {
+      ...process.env,
+      EXTPROC_LISTEN: socket,
+      EXTPROC_HEALTH_LISTEN: healthSocket,
+      // As examples/config.yaml writes it (it used to give mode 000).
+      EXTPROC_SOCKET_MODE: '0o660',
+      EXTPROC_DRAIN_DELAY_MS: '0',
+      LOG_LEVEL: 'info',
+      EXTPROC_LISTN: '127.0.0.1:1',
+      EXTPROC_SERVICE_HOST: '10.0.0.1',
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -46,6 +57,7 @@ test('node dist/main.js: ready line, healthy on a unix socket, clean exit on SIG
   expect(ready, output).toBeDefined();
   const { version } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
   expect(JSON.parse(ready!)).toMatchObject({ level: 'info', version, listen: socket });
+  for (const listener of [socket, healthSocket]) expect(statSync(listener.slice('unix:'.length)).mode & 0o777).toBe(0o660);
   const warned = output.split('\n').filter((line) => line.includes('unknown EXTPROC_ environment variable')).map((line) => JSON.parse(line) as { variable: string });
   expect(warned.map((line) => line.variable)).toEqual(['EXTPROC_LISTN']);
 
