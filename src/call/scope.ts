@@ -1,5 +1,6 @@
 // What the parts of one call share: the configuration snapshot it started with, what Envoy said about
 // its processing mode, its budget lease and its record. Each part gets this scope, not the call.
+import type { EditFailure } from '../body/index.js';
 import type { Config } from '../config.js';
 import type { ProtocolConfiguration } from '../proto.js';
 import type { BudgetLease } from './lease.js';
@@ -22,8 +23,8 @@ export function overLimitRejection(config: Config): Rejection | undefined {
   return config.limits.overLimit === 'reject' ? bodyTooLarge(config.limits.maxBodyBytes) : undefined;
 }
 
-/** Why an editor stopped, as a pass reason: its machine-readable failure code, `malformed` when it has none. */
-export function failureReason(failure: string | undefined): PassReason {
+/** Why an editor stopped, as a pass reason. */
+export function failureReason(failure: EditFailure | undefined): PassReason {
   switch (failure) {
     case 'too_deep':
       return 'nesting_too_deep';

@@ -23,9 +23,9 @@ interface Window {
   output: Accumulator;
 }
 
-/** What an editor costs in memory: held bytes plus parser state, when the editor reports it. */
+/** What an editor costs in memory: the bytes it holds back plus its parser state. */
 function editorCost(editor: StreamEditor): number {
-  return editor.heldBytes + ((editor as { stateBytes?: number }).stateBytes ?? 0);
+  return editor.heldBytes + editor.stateBytes;
 }
 
 export class Streamed implements BodyStrategy {
@@ -197,13 +197,13 @@ export class Streamed implements BodyStrategy {
     const editor = this.edits;
     this.editor = undefined;
     if (record.decided) return;
-    const failure = editor.outcome === 'invalid' ? failureReason((editor as { failure?: string }).failure) : undefined;
+    const failure = editor.outcome === 'invalid' ? failureReason(editor.failure) : undefined;
     const stopped = this.stopped ?? failure;
     if (this.committed && editor.touched.length > 0) {
       // Edited bytes went upstream before the edit stopped: report the edit, and what stopped it.
       record.rewritten(this.report(editor, stopped));
     } else if (stopped) {
-      record.pass(stopped, plan.route, failure ? (editor as { reason?: string }).reason : undefined);
+      record.pass(stopped, plan.route, failure ? editor.reason : undefined);
     } else if (editor.outcome === 'edited') {
       record.rewritten(this.report(editor, undefined));
     } else {

@@ -101,7 +101,7 @@ export class WholeBody implements BodyStrategy {
       // A rewrite that needed `model` from the body cannot happen without one: Azure's answer stays as it was.
       return this.leave(
         { body: original, end_of_stream: true },
-        invalid ? failureReason((outcome as { failure?: string }).failure) : 'no_model',
+        invalid ? failureReason(outcome.failure) : 'no_model',
         invalid ? outcome.reason : undefined,
       );
     }
