@@ -70,6 +70,16 @@ describe('OpenAI paths: the deployment comes from the body', () => {
     expect(call.processor.finalResult()).toMatchObject({ kind: 'passed', reason: 'no_model' });
   });
 
+  test('a deployment name longer than configuration allows (64) is refused here too', () => {
+    const call = startCall(openai);
+    const sent = `{"model":"${'d'.repeat(65)}"}`;
+    const answers = transcript(call, [headers(jsonHeaders({ 'content-length': String(sent.length) }, OPENAI_PATH)), body(sent, true)]);
+    expect(answers[1]).toEqual(['immediate 400 azure_image_extproc_invalid_deployment']);
+    const fits = startCall(openai);
+    const ok = `{"model":"${'d'.repeat(64)}"}`;
+    expect(transcript(fits, [headers(jsonHeaders({ 'content-length': String(ok.length) }, OPENAI_PATH)), body(ok, true)])[1]![0]).toMatch(/^body: set :path=/);
+  });
+
   test('a query pair with a control byte cannot reach :path: 400', () => {
     const call = startCall(openai);
     const sent = '{"model":"m"}';
