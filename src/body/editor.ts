@@ -30,6 +30,8 @@ export abstract class ByteEditor implements StreamEditor {
   /** Body offset of the chunk being scanned, for error messages. */
   protected offset = 0;
   private ended = false;
+  /** stop() was called: bytes pass as they come (see stop). */
+  private stopped = false;
   private readonly maxHeldBytes: number;
 
   constructor(options: StreamEditorOptions | undefined) {
@@ -62,6 +64,17 @@ export abstract class ByteEditor implements StreamEditor {
     return join(this.sink.release());
   }
 
+  stop(): Buffer {
+    if (this.ended) throw new Error('stop() after end()');
+    if (!this.stopped && !this.failed) {
+      this.stopped = true;
+      this.sink.begin(EMPTY);
+      if (!this.stopInside()) this.sink.abandon();
+      this.sink.settle(false);
+    }
+    return join(this.sink.release());
+  }
+
   /**
    * Edits a whole body in one pass; returns the edited bytes, or null when the outcome is not `edited`.
    * `inPlace`: the kept bytes are moved down inside `body` and a view of it is returned (no new buffer of
@@ -86,7 +99,8 @@ export abstract class ByteEditor implements StreamEditor {
   private take(chunk: Buffer, copyHeld: boolean): void {
     if (this.ended) throw new Error('push() after end()');
     this.sink.begin(chunk);
-    if (!this.failed) this.scan(chunk);
+    if (this.stopped) this.scanStopped(chunk);
+    else if (!this.failed) this.scan(chunk);
     this.sink.settle(copyHeld);
     if (!this.failed) this.checkHeld(this.sink.heldBytes);
     this.offset += chunk.length;
@@ -96,7 +110,7 @@ export abstract class ByteEditor implements StreamEditor {
     if (this.ended) throw new Error('end() called twice');
     this.ended = true;
     this.sink.begin(EMPTY);
-    if (!this.failed) this.finish();
+    if (!this.failed && !this.stopped) this.finish();
     this.sink.settle(false);
   }
 
@@ -139,6 +153,18 @@ export abstract class ByteEditor implements StreamEditor {
 
   /** Bytes of parser state that grow with the input (see stateBytes). */
   protected abstract parserStateBytes(): number;
+
+  /**
+   * At stop(): true when the output so far needs bytes still to come dropped before the rest can pass
+   * (JSON: the comma after a removed member with nothing kept before it); scanStopped drops them.
+   * False: what is held is released and everything passes.
+   */
+  protected stopInside(): boolean {
+    return false;
+  }
+
+  /** After stop(), with stopInside() true: drops what must go and passes the rest. */
+  protected scanStopped(_chunk: Buffer): void {}
 
   /** Scans one chunk, steering its bytes through the sink; calls fail() on malformed input. */
   protected abstract scan(chunk: Buffer): void;

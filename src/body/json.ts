@@ -393,6 +393,24 @@ class JsonEditor extends ByteEditor {
     return this.nesting.length;
   }
 
+  /** Stopped right after a removed member with nothing kept before it: its comma must still go. */
+  private dropToComma = false;
+
+  protected override stopInside(): boolean {
+    this.dropToComma = this.state === T_AFTER_VALUE && this.matching && !this.anyKept;
+    return this.dropToComma;
+  }
+
+  protected override scanStopped(buf: Buffer): void {
+    if (!this.dropToComma) return;
+    for (let p = 0; p < buf.length; p++) {
+      const c = buf[p];
+      if (isWhitespace(c)) continue;
+      this.dropToComma = false;
+      return this.sink.pass(c === 0x2c ? p + 1 : p);
+    }
+  }
+
   private close(p: number): void {
     this.depth--;
     this.valueDone(p + 1);

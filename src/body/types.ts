@@ -42,6 +42,14 @@ export interface StreamEditor {
   push(chunk: Buffer): Buffer;
   /** Flush at end of body; afterwards outcome is final. */
   end(): Buffer;
+  /**
+   * Stops editing before the body ends (a limit reached): returns what is held, and from then on push()
+   * returns its chunk as it came, except that a separator left by a removed member is still dropped (at
+   * most up to the next comma), so a well-formed body stays well-formed: the edit up to here and the rest
+   * as it came. Keep pushing every later chunk through push(), then call end(). The outcome reports
+   * what was done before the stop (`edited` or `unchanged`); nothing is held after it.
+   */
+  stop(): Buffer;
   readonly outcome: 'unchanged' | 'edited' | 'invalid';
   /** With outcome `invalid`: why, as a code and as one line of text (never body content). */
   readonly failure: EditFailure | undefined;

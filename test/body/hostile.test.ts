@@ -97,6 +97,15 @@ describe('megabytes of whitespace around a removed member', () => {
     }
   });
 
+  test('a caller that stops editing inside that whitespace (a body limit) still sends valid JSON', () => {
+    const body = Buffer.concat([Buffer.from('{"model":"x"'), spaces, Buffer.from(',"prompt":"p"}')]);
+    const pieces = chunks(body, 64 * 1024);
+    const editor = createJsonEditor(dropModel);
+    const out = [editor.push(pieces[0]!), editor.stop(), ...pieces.slice(1).map((piece) => editor.push(piece)), editor.end()];
+    expect(Buffer.concat(out).toString()).toBe('{"prompt":"p"}');
+    expect([editor.outcome, editor.heldBytes, editor.failure]).toEqual(['edited', 0, undefined]);
+  });
+
   test('whitespace that may stay, held past the cap before any change, stops the edit: the body goes on byte for byte', () => {
     const body = Buffer.concat([Buffer.from('{"prompt":"p"'), spaces, Buffer.from(',"model":"x"}')]);
     const editor = createJsonEditor(dropModel);

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { editInChunks } from '../../src/body/editor.js';
 import { createJsonEditor, editJson } from '../../src/body/json.js';
-import { createMultipartEditor, editMultipart } from '../../src/body/multipart.js';
+import { createMultipartEditor, editMultipart, listMultipartParts } from '../../src/body/multipart.js';
 import type { EditOutcome, FieldRule, FieldRules, StreamEditor } from '../../src/body/types.js';
 
 const dropModel: FieldRules = new Map([['model', () => 'remove' as const]]);
@@ -349,6 +349,36 @@ describe('editMultipart properties', () => {
     );
   });
 
+  test('listMultipartParts reads the parts a second parser (undici FormData) reads', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        generatedMultipart.filter((g) => g.canonical && g.text.toString('latin1').split(g.boundary).length === g.delimiters + 1),
+        async ({ boundary: b, text }) => {
+          const parts = listMultipartParts(text, b);
+          expect(parts).toBeDefined();
+          const entries = parts!.map((part) => [part.name, part.filename !== undefined ? part.content.toString('latin1') : part.content.toString('utf8')]);
+          expect(entries).toEqual(await formEntries(text, b));
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  test('listMultipartParts: a list exactly when the editor finds the body well-formed, its model parts those the editor removes', () => {
+    fc.assert(
+      fc.property(generatedMultipart, fc.array(mutation, { maxLength: 2 }), ({ boundary: b, text }, mutations) => {
+        const input = mutations.reduce(mutate, text);
+        const parts = listMultipartParts(input, b);
+        const outcome = editMultipart(input, b, dropModel);
+        expect(parts === undefined).toBe(outcome.kind === 'invalid');
+        const models = (parts ?? []).filter((part) => part.name === 'model');
+        expect(outcome.kind === 'edited' ? outcome.touched[0]!.count : 0).toBe(models.length);
+        if (outcome.kind === 'edited') expect(outcome.touched[0]!.value.equals(models[0]!.content)).toBe(true);
+      }),
+      { numRuns: 600 },
+    );
+  });
+
   test('corrupted bodies: the edit the RFC reading gives, or invalid; nothing throws', () => {
     const seen = { invalid: 0, unchanged: 0, edited: 0 };
     fc.assert(
@@ -454,6 +484,62 @@ describe('incremental editors', () => {
           expect(editor.touched).toEqual(expected.kind === 'edited' ? expected.touched : []);
           expect(editor.heldBytes).toBe(0);
         }
+      }),
+      { numRuns: 600 },
+    );
+  });
+
+  // A caller that stops editing part-way (a body limit, the memory budget) gets a well-formed body: the
+  // edit so far and the rest as it came, or the input itself when nothing had changed yet.
+  const wellFormed = [
+    {
+      name: 'JSON',
+      body: generatedBody.map(({ text }) => ({
+        input: Buffer.from(text),
+        whole: (input: Buffer) => editJson(input, rules),
+        editor: (maxHeldBytes: number) => createJsonEditor(rules, { maxHeldBytes }),
+        check: (output: Buffer) => expect(strictParse(output).ok).toBe(true),
+      })),
+    },
+    {
+      name: 'multipart',
+      body: generatedMultipart.map(({ boundary: b, text }) => ({
+        input: text,
+        whole: (input: Buffer) => editMultipart(input, b, rules),
+        editor: (maxHeldBytes: number) => createMultipartEditor(b, rules, { maxHeldBytes }),
+        check: (output: Buffer) => expect(listMultipartParts(output, b)).toBeDefined(),
+      })),
+    },
+  ];
+
+  test.each(wellFormed)('$name: stop() anywhere leaves a well-formed body', ({ body }) => {
+    fc.assert(
+      fc.property(body, fc.oneof(fc.integer({ min: 1, max: 64 }), fc.constant(Infinity)), chunking, fc.nat(), (subject, maxHeldBytes, cuts, stopAt) => {
+        const { input, whole, editor: create, check } = subject;
+        if (whole(input).kind === 'invalid') return;
+        const ends = [...new Set(cutsFor(input, cuts).map((cut) => cut % (input.length + 1))), input.length].sort((x, y) => x - y);
+        const pieces = ends.map((end, i) => input.subarray(i === 0 ? 0 : ends[i - 1], end));
+        const stopBefore = stopAt % (pieces.length + 1);
+        const editor = create(maxHeldBytes);
+        const released: Buffer[] = [];
+        let changed = false;
+        pieces.forEach((piece, i) => {
+          if (i === stopBefore) {
+            changed = editor.outcome === 'edited';
+            released.push(editor.stop());
+          }
+          released.push(editor.push(piece));
+        });
+        if (stopBefore === pieces.length) {
+          changed = editor.outcome === 'edited';
+          released.push(editor.stop());
+        }
+        released.push(editor.end());
+        const output = Buffer.concat(released);
+        expect(editor.heldBytes).toBe(0);
+        expect(editor.editedBeforeFailure).toBe(false);
+        if (!changed) expect(output.toString('latin1')).toBe(input.toString('latin1'));
+        check(output);
       }),
       { numRuns: 600 },
     );
