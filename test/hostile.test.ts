@@ -1,5 +1,5 @@
-// Hostile input against the running server, through the Envoy emulation (issue 9): 100,000
-// multipart parts, a multipart body that never closes, prototype names as model
+// Hostile input against the running server, through the Envoy emulation (issue 9): deep nesting, 100,000
+// `model` keys, 100,000 multipart parts, a multipart body that never closes, prototype names as model
 // and deployment, bodies ended by trailers in every body mode, 1-byte chunks, megabytes of whitespace
 // around a removed member, odd content-lengths and control bytes that would end up in a header.
 //
@@ -261,6 +261,64 @@ function streamedHeldBound(bodyLength: number, frameSize = 64 * KiB): number {
 
 // ---- the cases -----------------------------------------------------------------------------------------
 
+describe('deep nesting: 16 MiB of "[" inside a member', () => {
+  afterAll(() => stillServing());
+  // Parser state is bounded: past a sane depth the body is forwarded unchanged (or, once an edit was
+  // already released in a streamed body, the edit completes), never an unbounded heap.
+  const depth = 16 * MiB;
+  const unclosed: Expectation = (() => {
+    const head = Buffer.from('{"model":"gpt-image-2-1","prompt":');
+    const original = Buffer.concat([head, Buffer.alloc(depth, '['), Buffer.from('}')]);
+    const edited = Buffer.concat([Buffer.from('{"prompt":'), Buffer.alloc(depth, '['), Buffer.from('}')]);
+    return { original, edited };
+  })();
+
+  test.each(['override', 'BUFFERED'] as const)('%s, model first: forwarded as sent or with model removed, memory bounded', async (setup) => {
+    const result = await run(setup, announced(unclosed, setup === 'BUFFERED' ? 4 * MiB : 256 * KiB));
+    expectAccounted(result, unclosed);
+    // A whole body is held once (BUFFERED) and goes out once more as the answer; a streamed one is not
+    // held beyond the editor's hold-back.
+    const whole = setup === 'BUFFERED';
+    const length = unclosed.original.length;
+    // Once model is removed the edit must be finished, so the nesting stack (one bit per level, counted)
+    // may grow with the body: at most a quarter of it with the stack's doubling.
+    expectBounded(result, { held: whole ? length : streamedHeldBound(length, 256 * KiB) + length / 4, rss: whole ? 96 * MiB : 48 * MiB });
+  });
+
+  test.each(['override', 'FULL_DUPLEX_STREAMED'] as const)('%s, model after 4 MiB of "[" and 4 MiB of "]": the whole body as sent or exactly without model', async (setup) => {
+    const nest = 4 * MiB;
+    const inner = Buffer.concat([Buffer.alloc(nest, '['), Buffer.alloc(nest, ']')]);
+    const original = Buffer.concat([Buffer.from('{"prompt":'), inner, Buffer.from(',"model":"gpt-image-2-1","n":1}')]);
+    const edited = Buffer.concat([Buffer.from('{"prompt":'), inner, Buffer.from(',"n":1}')]);
+    const result = await run(setup, announced({ original, edited }, 256 * KiB));
+    expectAccounted(result, { original, edited });
+    expectBounded(result, { held: streamedHeldBound(original.length, 256 * KiB), rss: 48 * MiB });
+  });
+});
+
+describe('100,000 model keys', () => {
+  afterAll(() => stillServing());
+  const count = 100_000;
+  const keys = Array.from({ length: count }, (_, i) => ({ sep: ',', text: `"model":"m${i % 10}"`, remove: true }));
+  const first = jsonObject('', [...keys, { sep: ',', text: '"prompt":"a red circle"' }]);
+  const last = jsonObject('', [{ sep: '', text: '"prompt":"a red circle"' }, ...keys]);
+
+  test.each([
+    ['override, content-length (streamed)', 'override', first, 'announced'],
+    ['static BUFFERED', 'BUFFERED', first, 'announced'],
+    ['static FULL_DUPLEX_STREAMED, chunked, keys after the prompt', 'FULL_DUPLEX_STREAMED', last, 'chunked'],
+  ] as const)('%s: every top-level model removed, nothing else', async (_name, setup, body, framing) => {
+    const frameSize = frameSizeFor(setup);
+    const result = await run(setup, framing === 'announced' ? announced(body, frameSize) : chunked(body, frameSize));
+    expectAccounted(result, { ...body, only: 'edited' });
+    // The log line and the access-log metadata name each change once, not once per removed member.
+    expect((result.call.result as { report: { changes: string[] } }).report.changes).toEqual(['model']);
+    const length = body.original.length;
+    const whole = setup === 'BUFFERED';
+    expectBounded(result, { held: whole ? length : streamedHeldBound(length, frameSize), rss: 64 * MiB });
+  });
+});
+
 describe('100,000 multipart parts', () => {
   afterAll(() => stillServing());
   const boundary = 'hostile-parts-7MA4YWxk';
@@ -510,6 +568,18 @@ describe('megabytes of whitespace around a removed member', () => {
       const whole = setup === 'BUFFERED' || setup === 'override';
       const length = body.original.length;
       expectBounded(result, { held: whole ? length : streamedHeldBound(length), rss: 48 * MiB });
+    });
+  }
+
+  // 1.1 MiB each side, above the stream threshold and the hold cap: the server may give up the edit
+  // (a well-formed body then goes out as sent, and is not reported as malformed) or finish it exactly.
+  for (const [where, body] of Object.entries(shapes(' '.repeat(STREAM_THRESHOLD + 100 * KiB)))) {
+    test.each(SETUPS)(`1.1 MiB of whitespace ${where}, %s: as sent or the exact edit, reported as what was done`, async (setup) => {
+      const result = await run(setup, announced(body, frameSizeFor(setup)));
+      if (expectAccounted(result, body) === 'original') expect(result.call.result).not.toMatchObject({ reason: 'invalid_body' });
+      const whole = setup === 'BUFFERED';
+      const length = body.original.length;
+      expectBounded(result, { held: whole ? length : streamedHeldBound(length), rss: 64 * MiB });
     });
   }
 });
