@@ -231,14 +231,16 @@ describe('the image, run as documented', () => {
     ]);
     names.volume = volume;
     names.network = network;
-    // The classic build must start too.
-    names.classic = await engine.runDetached('classic', ['--read-only', tags.classic]);
+    // The classic build must start too; without any network, so nothing at run time needs the CA of the
+    // stand-in's build (or any other).
+    names.classic = await engine.runDetached('classic', ['--read-only', '--network', 'none', tags.classic]);
   }, 60_000);
 
   it('prints the ready line and runs as UID 1000, read-only, without capabilities or new privileges', async () => {
     const ready = await readyLine(names.plain!);
     expect(ready).toMatchObject({ msg: 'ready', listen: '0.0.0.0:50051' });
     expect(await readyLine(names.classic!)).toMatchObject({ msg: 'ready' });
+    expect((await engine.docker(['exec', names.classic!, 'node', 'dist/healthcheck.js'], { allowFail: true })).code).toBe(0);
     // PID 1 is the server itself (node with the flags of `npm start`, not npm or a shell).
     const cmdline = (await engine.docker(['exec', names.plain!, 'cat', '/proc/1/cmdline'])).stdout.split('\0').filter(Boolean);
     expect(cmdline).toEqual(['node', ...(JSON.parse(read('package.json')) as { scripts: { start: string } }).scripts.start.split(' ').slice(1)]);
