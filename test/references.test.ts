@@ -185,6 +185,26 @@ describe('README sections named in code, configs and manifests exist', () => {
   });
 });
 
+describe('repository paths named in the docs exist', () => {
+  const docs = textFiles(['docs', 'README.md', 'BENCHMARKS.md', 'CHANGELOG.md']).filter((file) => file.endsWith('.md'));
+
+  it.each(docs.filter((file) => !PENDING.has(file)))('%s', (file) => {
+    const named = [
+      ...read(file).matchAll(/`((?:src|test|tools|envoy|deploy|docs|examples|scripts|bench|proto)\/[\w./-]*|Dockerfile|docker-compose\.yml|BENCHMARKS\.md|LICENSE|CHANGELOG\.md)`/g),
+    ].map((m) => m[1]!);
+    expect(named.filter((rel) => !statExists(rel))).toEqual([]);
+  });
+});
+
+function statExists(rel: string): boolean {
+  try {
+    statSync(path.join(ROOT, rel));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 describe('the checks themselves', () => {
   it('anchors follow GitHub: punctuation dropped, underscores kept, duplicates numbered', () => {
     const anchors = anchorsOf('# Node and HTTP/2 stream resets\n## mode_override\n## Content-Length\n## `x` y\n## Notes\n## Notes\n```\n# not a heading\n```\n');
