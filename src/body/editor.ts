@@ -17,7 +17,7 @@ export interface StreamEditorOptions {
 
 export abstract class ByteEditor implements StreamEditor {
   readonly touched: TouchedName[] = [];
-  /** The touched entry of each name (see TouchedField: one per name). */
+  /** The touched entry of each name (see TouchedName: one per name). */
   private readonly touchedByName = new Map<string, TouchedName>();
   /** Why the outcome is `invalid` (empty otherwise). */
   reason = '';

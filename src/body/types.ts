@@ -56,9 +56,9 @@ export interface StreamEditor {
   readonly reason: string;
   /**
    * With outcome `invalid`: a change had already been made (and possibly released) when editing stopped,
-   * so what went out is not the input byte for byte. Only a malformed body (or one cut short by end()
-   * before its structure ended) gets here: once a change is made, the hold cap and depth limit no longer
-   * stop the edit (see heldBytes / stateBytes), and what was released is always valid up to that point.
+   * so what went out is not the input byte for byte. Only a malformed body gets here (a body cut short
+   * counts as malformed: to stop editing part-way, call stop(), not end()): once a change is made, the
+   * hold cap and the depth limit no longer stop the edit (see heldBytes and stateBytes).
    */
   readonly editedBeforeFailure: boolean;
   readonly touched: readonly TouchedName[];
