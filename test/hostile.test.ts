@@ -196,8 +196,10 @@ interface Bounds {
   /** Largest heldBytes() allowed. */
   held: number;
   /**
-   * Live memory (heap + buffers after GC) may exceed twice what is held by this much. Default: twice the
-   * body and 8 MiB, since on a loaded machine gRPC can have most of the body queued in each direction.
+   * Live memory (heap + buffers after GC) may exceed twice what is held by this much. Default: three
+   * times the body and 8 MiB: a whole body is in memory as the request, the edit and the encoded answer
+   * at once (measured: 16 MB for 100,000 parts in 5.6 MB), and on a loaded machine gRPC can have most of
+   * a streamed body queued in each direction.
    */
   liveSlack?: number;
   /** Peak RSS growth allowed. */
@@ -211,7 +213,7 @@ interface Bounds {
 function expectBounded({ sample, whileUpstream, bodyLength }: Run, bounds: Bounds): void {
   const seen = `peakHeld ${sample.peakHeld}, live +${sample.peakLive} at held ${sample.heldAtPeakLive}, RSS +${sample.hwmGrowth}, while upstream ${JSON.stringify(whileUpstream)}`;
   expect(sample.peakHeld, seen).toBeLessThanOrEqual(bounds.held);
-  expect(sample.peakLive, seen).toBeLessThanOrEqual(2 * sample.heldAtPeakLive + (bounds.liveSlack ?? 2 * bodyLength + 8 * MiB));
+  expect(sample.peakLive, seen).toBeLessThanOrEqual(2 * sample.heldAtPeakLive + (bounds.liveSlack ?? 3 * bodyLength + 8 * MiB));
   expect(sample.hwmGrowth, seen).toBeLessThanOrEqual(bounds.rss);
   if (whileUpstream) {
     // Measured: until the call ends, gRPC's side of it keeps one to two times the body's bytes (a no-op
