@@ -32,6 +32,8 @@ export abstract class ByteEditor implements StreamEditor {
   private ended = false;
   /** stop() was called: bytes pass as they come (see stop). */
   private stopped = false;
+  /** The chunk being scanned may be reused by the caller once push() returns (streaming). */
+  private borrowed = false;
   private readonly maxHeldBytes: number;
 
   constructor(options: StreamEditorOptions | undefined) {
@@ -99,6 +101,7 @@ export abstract class ByteEditor implements StreamEditor {
   private take(chunk: Buffer, copyHeld: boolean): void {
     if (this.ended) throw new Error('push() after end()');
     this.sink.begin(chunk);
+    this.borrowed = copyHeld;
     if (this.stopped) this.scanStopped(chunk);
     else if (!this.failed) this.scan(chunk);
     this.sink.settle(copyHeld);
@@ -146,7 +149,8 @@ export abstract class ByteEditor implements StreamEditor {
       known.count++;
       return;
     }
-    const field: TouchedName = { name, action, value, count: 1 };
+    // A streaming caller may reuse its buffer: keep a copy (of the first value per name only).
+    const field: TouchedName = { name, action, value: this.borrowed ? Buffer.from(value) : value, count: 1 };
     this.touchedByName.set(name, field);
     this.touched.push(field);
   }

@@ -10,7 +10,7 @@ export type FieldRules = ReadonlyMap<string, FieldRule>;
 export interface TouchedField {
   name: string;
   action: 'remove' | 'replace';
-  /** Original raw value bytes; may share memory with the input buffers. */
+  /** Original raw value bytes; from a whole-body edit without inPlace, a view of the input body. */
   value: Buffer;
 }
 
