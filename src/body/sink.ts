@@ -15,7 +15,7 @@ const HOLD = 1;
 const DROP = 2;
 type Mode = typeof PASS | typeof HOLD | typeof DROP;
 
-/** Held pieces shorter than this are packed into shared storage of this size; longer ones get their own copy. */
+/** Held pieces shorter than this are packed into shared storage of at most this size; longer ones get their own copy. */
 const PACK_BYTES = 16 * 1024;
 
 export class Sink {
@@ -180,7 +180,8 @@ export class Sink {
       return;
     }
     const last = this.held[this.held.length - 1];
-    if (this.spare.length < length) this.spare = Buffer.allocUnsafeSlow(PACK_BYTES);
+    // Sized to what is held (a key cut by a chunk's end needs little), up to PACK_BYTES.
+    if (this.spare.length < length) this.spare = Buffer.allocUnsafeSlow(Math.min(PACK_BYTES, Math.max(256, 4 * length, this.heldLength)));
     piece.copy(this.spare);
     const spare = this.spare;
     this.spare = spare.subarray(length);
