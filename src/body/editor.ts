@@ -34,6 +34,8 @@ export abstract class ByteEditor implements StreamEditor {
   private stopped = false;
   /** The chunk being scanned may be reused by the caller once push() returns (streaming). */
   private borrowed = false;
+  /** Bytes of the touched values copied out of the caller's chunks. */
+  private touchedBytes = 0;
   private readonly maxHeldBytes: number;
 
   constructor(options: StreamEditorOptions | undefined) {
@@ -49,7 +51,7 @@ export abstract class ByteEditor implements StreamEditor {
   }
 
   get stateBytes(): number {
-    return this.sink.slackBytes + this.parserStateBytes();
+    return this.sink.slackBytes + this.parserStateBytes() + this.touchedBytes;
   }
 
   get complete(): boolean {
@@ -150,6 +152,7 @@ export abstract class ByteEditor implements StreamEditor {
       return;
     }
     // A streaming caller may reuse its buffer: keep a copy (of the first value per name only).
+    if (this.borrowed) this.touchedBytes += value.length;
     const field: TouchedName = { name, action, value: this.borrowed ? Buffer.from(value) : value, count: 1 };
     this.touchedByName.set(name, field);
     this.touched.push(field);

@@ -69,8 +69,9 @@ export interface StreamEditor {
    */
   readonly heldBytes: number;
   /**
-   * Memory the editor uses besides the held bytes (parser state: the JSON nesting stack, a multipart
-   * header block being read, spare packing room). What an editor costs is heldBytes + stateBytes.
+   * Memory the editor uses besides the held bytes: parser state (the JSON nesting stack, a multipart
+   * header block being read), spare packing room, and the touched values it keeps (one per name). What
+   * an editor costs is heldBytes + stateBytes.
    */
   readonly stateBytes: number;
   /**

@@ -236,6 +236,8 @@ describe('1-byte chunks', () => {
     length += editor.end().copy(output, length);
     expect(output.subarray(0, length).toString()).toBe(expected);
     expect(editor.touched[0]!.value.toString()).toBe(value);
+    // The touched value it keeps (a copy: the caller's chunks are not its own) is counted too.
+    expect(editor.stateBytes).toBeGreaterThanOrEqual(value.length);
     // What the editor reports is what it costs: held bytes plus at most one packing block and the stack.
     expect(peakCost).toBeLessThanOrEqual(value.length + 16 * 1024 + 200);
     // Held bytes are packed, not one Buffer object per byte (which costs ~100 bytes of heap each).
