@@ -31,7 +31,7 @@ function editorCost(editor: StreamEditor): number {
 export class Streamed implements BodyStrategy {
   /** The editor that reports what was edited; it stays after editing stops. */
   private readonly edits: StreamEditor;
-  /** The editor while it still takes bytes; undefined once editing stopped (later bytes pass as they come). */
+  /** The editor while bytes go through it; undefined once the window sent the original bytes (the rest passes as it comes). */
   private editor: StreamEditor | undefined;
   private window: Window | undefined;
   /** The body's end was reached (bytes after it pass as they come). */
@@ -117,23 +117,23 @@ export class Streamed implements BodyStrategy {
     const editor = this.editor;
     if (editor) {
       const pieces: Buffer[] = [];
-      if (this.request.bytesIn > config.limits.maxBodyBytes) {
+      const editing = (): boolean => this.stopped === undefined;
+      if (editing() && this.request.bytesIn > config.limits.maxBodyBytes) {
         // A body of unannounced size that grows past limits.maxBodyBytes is over the limit like an
-        // announced one: editing stops before this chunk, and what the editor holds goes on as it came.
-        pieces.push(editor.end(), chunk);
+        // announced one: editing stops before this chunk, and the rest goes on as it came.
+        pieces.push(editor.stop());
         if (this.stop('too_large')) return 'rejected';
-      } else {
-        pieces.push(editor.push(chunk));
-        // A body whose structure has ended is complete: nothing is held past this point, so trailers
-        // cannot find bytes held back (STREAMED could not send them).
-        if (ends || editor.complete) {
-          pieces.push(editor.end());
-          this.ended = true;
-        } else if (!lease.track(editorCost(editor))) {
-          // limits.globalHeldBytes covers held-back bytes too: without room, editing stops.
-          pieces.push(editor.end());
-          if (this.stop('too_large')) return 'rejected';
-        }
+      }
+      pieces.push(editor.push(chunk));
+      // A body whose structure has ended is complete: nothing is held past this point, so trailers
+      // cannot find bytes held back (STREAMED could not send them).
+      if (ends || (editing() && editor.complete)) {
+        pieces.push(editor.end());
+        this.ended = true;
+      } else if (editing() && !lease.track(editorCost(editor))) {
+        // limits.globalHeldBytes covers held-back bytes too: without room, editing stops.
+        pieces.push(editor.stop());
+        if (this.stop('too_large')) return 'rejected';
       }
       out = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
     }
@@ -143,15 +143,19 @@ export class Streamed implements BodyStrategy {
     const released = this.window ? this.throughWindow(chunk, out) : out;
     // In STREAMED, bytes released by trailers cannot be sent (see beforeTrailers): they are not counted.
     if (released !== undefined && this.stopped !== 'cut_by_trailers') this.request.bytesOut += released.length;
-    if (released !== undefined && released.length > 0 && this.edits.outcome === 'edited') this.committed = true;
+    // Edited bytes went out (not the window's original bytes, after which the editor is gone).
+    if (released !== undefined && released.length > 0 && this.editor !== undefined && this.edits.outcome === 'edited') this.committed = true;
     if (this.ended) this.finish();
     return released;
   }
 
-  /** Editing stops for good; true when the policy is to reject (the rejection is then ready). */
+  /**
+   * Editing stops for good (the editor has been told to stop: later chunks still go through it, which
+   * passes them as they come but for a separator a removed member left, so the body stays well-formed).
+   * True when the policy is to reject (the rejection is then ready).
+   */
   private stop(reason: PassReason): boolean {
     this.stopped = reason;
-    this.editor = undefined;
     const rejection = overLimitRejection(this.scope.config);
     if (rejection) {
       this.rejection = this.scope.record.reject(rejection, this.request.plan.route);
@@ -176,7 +180,11 @@ export class Streamed implements BodyStrategy {
       // Full: what was edited so far goes; from here on the edit is committed to streaming.
       this.window = undefined;
       lease.release(before);
-      if (this.stopped || this.edits.outcome === 'invalid') return Buffer.concat([window.input.contents(), chunk]);
+      if (this.stopped || this.edits.outcome === 'invalid') {
+        // The original bytes go: the editor's view of the body no longer matches what was sent.
+        this.editor = undefined;
+        return Buffer.concat([window.input.contents(), chunk]);
+      }
       return Buffer.concat([window.output.contents(), out]);
     }
     window.input.append(chunk);

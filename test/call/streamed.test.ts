@@ -84,6 +84,16 @@ describe('STREAMED (asked with mode_override: large or unknown length)', () => {
     expect(call.processor.finalResult()).toMatchObject({ kind: 'rewritten', report: { changes: ['model'], stopped: 'too_large' } });
   });
 
+  test('crossing maxBodyBytes inside the whitespace after a removed first member: the rest passes, still valid JSON', () => {
+    const call = startCall({ streamThresholdBytes: 256, limits: { maxBodyBytes: 1 * KiB } });
+    const sent = Buffer.from(`{"model":"x"${' '.repeat(2 * KiB)},"prompt":"p"}`);
+    const chunks = split(sent, 128);
+    transcript(call, [headers(jsonHeaders()), ...chunks.map((chunk, i) => body(chunk, i === chunks.length - 1))]);
+    const upstream = streamedChunksUpstream(chunks, call.answers.slice(1));
+    expect(JSON.parse(upstream.toString())).toEqual({ prompt: 'p' });
+    expect(call.processor.finalResult()).toMatchObject({ kind: 'rewritten', report: { changes: ['model'], stopped: 'too_large' } });
+  });
+
   test('crossing maxBodyBytes while the window still holds everything: the body goes out byte for byte, passed too_large', () => {
     const call = startCall({ streamThresholdBytes: 4 * KiB, limits: { maxBodyBytes: 4 * KiB } });
     const sent = Buffer.from(`{"model":"m","prompt":"${'p'.repeat(5 * KiB)}"}`);
