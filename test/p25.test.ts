@@ -110,9 +110,11 @@ interface LogLine {
 
 /** src/main.ts under the other Node, on a port of its own; resolves once it logged 'ready'. */
 async function startMain(env: Record<string, string> = {}): Promise<{ listen: string; logs: LogLine[]; stop(): Promise<void> }> {
+  // The test's own EXTPROC_TEST_NODE24 is not a server setting (the server warns about unknown EXTPROC_ names).
+  const { EXTPROC_TEST_NODE24: _ignored, ...inherited } = process.env;
   const child = spawn(node24!, ['--import', 'tsx', 'src/main.ts'], {
     cwd: ROOT,
-    env: { ...process.env, EXTPROC_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'info', EXTPROC_DRAIN_DELAY_MS: '0', ...env },
+    env: { ...inherited, EXTPROC_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'info', EXTPROC_DRAIN_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
