@@ -1,4 +1,4 @@
-// Reloading the configuration and the API key file while serving (STYLE lesson 8): a valid new file
+// Reloading the configuration and the API key file while serving (one validated, frozen snapshot): a valid new file
 // swaps the one snapshot reference, an invalid one is refused and logged, listener keys wait for a
 // restart, and calls keep the snapshot they started with. Files are replaced the ways editors and
 // Kubernetes replace them.

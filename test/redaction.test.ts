@@ -1,4 +1,4 @@
-// Logs are safe by default (STYLE lesson 11): credentials and prompts sent through the server never reach
+// Logs are safe by default (no bodies, prompts or credentials): credentials and prompts sent through the server never reach
 // the log, at info or at debug, whatever happens to the request. The log is captured in memory and
 // searched for planted values, both as text and inside any serialised Buffer.
 import type * as grpc from '@grpc/grpc-js';

@@ -208,7 +208,7 @@ function route(req: RecordedRequest, deployments: ReadonlySet<string>, apiKey: s
     return imageResult(operation, fields);
   }
 
-  // The v1 surface: api-version optional, `model` required and names the deployment (§2.2 rows 3-4).
+  // The v1 surface: api-version optional, `model` required and names the deployment (docs/azure-images.md#the-v1-routes).
   if (!authorized(req.headers, apiKey)) return UNAUTHORIZED;
   const operation = v1Match![1]!.toLowerCase() as Operation;
   const fields = readFields(operation, req.headers, req.body);
