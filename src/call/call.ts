@@ -40,11 +40,6 @@ export class CallProcessor {
     this.lease = new BudgetLease(context.budget);
   }
 
-  /** The call's outcome, once known (undefined while undecided). */
-  get result(): CallResult | undefined {
-    return this.record?.result;
-  }
-
   /** The request's `x-request-id`, once the headers are in. */
   get requestId(): string | undefined {
     return this.record?.requestId;
@@ -53,11 +48,6 @@ export class CallProcessor {
   /** The outcome when the call is over: an undecided body either never came or was cut off. */
   finalResult(): CallResult {
     return this.record?.result ?? this.strategy?.undecided() ?? { kind: 'passed', reason: 'call_ended' };
-  }
-
-  /** Body bytes this call holds (all of them are reserved in the global budget as they are held). */
-  get heldBytes(): number {
-    return this.lease.bytes;
   }
 
   /** Releases everything the call holds; the server calls it when the call ends, however it ends. */
