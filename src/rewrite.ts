@@ -149,7 +149,9 @@ function credentialChanges(route: ImageRoute, config: Config, authorization: str
   // (docs/azure-images.md#authentication).
   // An Entra token is a JWT (three dot-separated parts): it stays a Bearer token.
   if (config.credentials.bearerToApiKey && route.kind !== 'v1' && authorization) {
-    const match = /^Bearer\s+(\S+)$/i.exec(authorization.trim());
+    // The token is everything after the scheme but spaces and tabs: a token with a control byte is taken
+    // as sent, so the header check refuses it with a 400 instead of forwarding it to Azure.
+    const match = /^Bearer[ \t]+([^ \t]+)$/i.exec(authorization.trim());
     if (match && match[1]!.split('.').length !== 3) return { set: [['api-key', match[1]!]], remove: ['authorization'] };
   }
   return {};

@@ -10,7 +10,7 @@ import { createJsonEditor, createMultipartEditor, type StreamEditor } from '../b
 import { bodyResponse, streamedBodyResponse } from '../mutations.js';
 import type { HttpBody, ProcessingResponse } from '../proto.js';
 import { Accumulator } from './accumulator.js';
-import type { PassReason } from './outcomes.js';
+import type { PassReason, RewriteReport } from './outcomes.js';
 import type { BodyRequest } from './request.js';
 import { failureReason, overLimitRejection, type CallScope } from './scope.js';
 import { undecidedBody, type BodyStrategy } from './strategy.js';
@@ -138,14 +138,18 @@ export class Streamed implements BodyStrategy {
       out = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
     }
     if (ends) this.ended = true;
-    if (this.ended || this.stopped) lease.track(0);
+    // The outcome is known once the body ended, editing stopped or the body proved malformed: record it
+    // now. Envoy may never say that a body ended (trailers it does not send end it), and nothing is held
+    // from here on.
+    const decided = this.ended || this.stopped !== undefined || this.edits.outcome === 'invalid';
+    if (decided) lease.track(0);
 
     const released = this.window ? this.throughWindow(chunk, out) : out;
     // In STREAMED, bytes released by trailers cannot be sent (see beforeTrailers): they are not counted.
     if (released !== undefined && this.stopped !== 'cut_by_trailers') this.request.bytesOut += released.length;
     // Edited bytes went out (not the window's original bytes, after which the editor is gone).
     if (released !== undefined && released.length > 0 && this.editor !== undefined && this.edits.outcome === 'edited') this.committed = true;
-    if (this.ended) this.finish();
+    if (decided) this.finish();
     return released;
   }
 
@@ -198,28 +202,37 @@ export class Streamed implements BodyStrategy {
     return released;
   }
 
-  /** The body ended: record what was done. */
+  /** Records what was done, once it is known; later calls bring the reported byte counts up to date. */
   private finish(): void {
     const { record } = this.scope;
     const { plan } = this.request;
     const editor = this.edits;
-    this.editor = undefined;
-    if (record.decided) return;
+    if (record.decided) {
+      const result = record.result;
+      if (result?.kind === 'rewritten' && result.report === this.reported) {
+        result.report.bytesIn = this.request.bytesIn;
+        result.report.bytesOut = this.request.bytesOut;
+      }
+      return;
+    }
     const failure = editor.outcome === 'invalid' ? failureReason(editor.failure) : undefined;
     const stopped = this.stopped ?? failure;
     if (this.committed && editor.touched.length > 0) {
       // Edited bytes went upstream before the edit stopped: report the edit, and what stopped it.
-      record.rewritten(this.report(editor, stopped));
+      record.rewritten((this.reported = this.report(editor, stopped)));
     } else if (stopped) {
       record.pass(stopped, plan.route, failure ? editor.reason : undefined);
     } else if (editor.outcome === 'edited') {
-      record.rewritten(this.report(editor, undefined));
+      record.rewritten((this.reported = this.report(editor, undefined)));
     } else {
       record.pass('no_model', plan.route);
     }
   }
 
-  private report(editor: StreamEditor, stopped: PassReason | undefined) {
+  /** The report this strategy recorded, kept up to date with the bytes that follow the decision. */
+  private reported: RewriteReport | undefined;
+
+  private report(editor: StreamEditor, stopped: PassReason | undefined): RewriteReport {
     const { request } = this;
     return {
       route: request.plan.route,

@@ -66,6 +66,7 @@ describe('header values with control bytes are refused (Envoy answers 500 to suc
     ['CR LF in the path prefix', '/a\r\nb/openai/deployments/d/images/generations?api-version=old', {}],
     ['LF in another query pair', '/openai/deployments/d/images/generations?api-version=old&x=1\n2', {}],
     ['NUL in the Bearer token', '/openai/deployments/d/images/generations', { authorization: 'Bearer abc\u0000def' }],
+    ['CR in the Bearer token', '/openai/deployments/d/images/generations', { authorization: 'Bearer abc\rdef' }],
   ])('%s: 400 in Azure error shape, no mutation', (_name, path, extra) => {
     const call = startCall(rewrites);
     const [answer] = transcript(call, [headers(jsonHeaders(extra, path))]);
