@@ -92,11 +92,18 @@ export function bodyResponse(
 }
 
 /** FULL_DUPLEX_STREAMED answer: the bytes released so far for this direction (docs/envoy-ext-proc.md#full_duplex_streamed). */
-export function streamedBodyResponse(direction: Direction, body: Buffer, endOfStream: boolean): ProcessingResponse {
+export function streamedBodyResponse(
+  direction: Direction,
+  body: Buffer,
+  endOfStream: boolean,
+  extras: { dynamicMetadata?: StructValue } = {},
+): ProcessingResponse {
   const common = {
     response: { status: 'CONTINUE' as const, body_mutation: { streamed_response: { body, end_of_stream: endOfStream } } },
   };
-  return direction === 'request' ? { request_body: common } : { response_body: common };
+  const base: ProcessingResponse = direction === 'request' ? { request_body: common } : { response_body: common };
+  if (extras.dynamicMetadata) base.dynamic_metadata = extras.dynamicMetadata;
+  return base;
 }
 
 export function trailersResponse(direction: Direction): ProcessingResponse {

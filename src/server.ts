@@ -9,7 +9,7 @@ import type { Logger } from './log.js';
 import { EXT_PROC_SERVICE, extProcService, type ProcessingRequest, type ProcessingResponse, type RequestKind } from './proto.js';
 import { MemoryBudget } from './budget.js';
 import { bindError, readTlsFiles, StartupError } from './startup-checks.js';
-import { CallProcessor, type CallResult, type PassReason } from './call/index.js';
+import { CallProcessor, PASS_REASONS, UNEDITED_REASONS, type CallResult } from './call/index.js';
 
 /** Receives one report per finished call (metrics, tests). */
 export interface CallObserver {
@@ -59,13 +59,6 @@ export const HEALTH_SERVICES = ['', EXT_PROC_SERVICE] as const;
 /** After the last call ends, how long shutdown lets streams close by themselves before closing them. */
 const CLOSE_GRACE_MS = 250;
 
-/** Pass reasons worth a warning: a body the server was asked to edit went upstream without the edit. */
-const UNEDITABLE: Partial<Record<PassReason, string>> = {
-  invalid_body: 'body is not what its content-type says: forwarded unchanged',
-  nesting_too_deep: 'JSON body nests too deeply to edit: forwarded unchanged',
-  member_too_large: 'a member to edit is larger than the hold-back limit: forwarded unchanged',
-  cut_by_trailers: 'STREAMED body cut short by trailers: bytes held back could not be sent (see docs/limits.md)',
-};
 
 function nodeSupportsResetGuardOptions(version = process.versions.node): boolean {
   const [major, minor] = version.split('.').map(Number) as [number, number];
@@ -216,10 +209,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           },
           'request rewritten',
         );
-      } else if (result.kind === 'passed' && UNEDITABLE[result.reason]) {
+      } else if (result.kind === 'passed' && UNEDITED_REASONS.has(result.reason)) {
         logger.warn(
           { requestId, route: result.route?.kind, operation: result.route?.operation, reason: result.reason, detail: result.detail },
-          UNEDITABLE[result.reason],
+          PASS_REASONS[result.reason],
         );
       }
       if (active === 0) idleWaiters.splice(0).forEach((wake) => wake());

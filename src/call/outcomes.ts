@@ -14,10 +14,10 @@ export const PASS_REASONS = {
   content_encoding:
     'the body is compressed in a way the server cannot edit here (stacked or unknown coding, over limits.maxDecompressedBytes, or not BUFFERED)',
   no_model: 'nothing in the body to change (no `model` or other configured field)',
-  invalid_body: 'the body is not what its content-type says: forwarded byte for byte',
-  nesting_too_deep: 'the JSON body nests deeper than the editor follows: forwarded byte for byte',
+  invalid_body: 'the body is not what its content-type says: forwarded unchanged, byte for byte',
+  nesting_too_deep: 'the JSON body nests deeper than the editor follows: forwarded unchanged, byte for byte',
   member_too_large:
-    'a member or part to edit is larger than the editor holds back (1 MiB): forwarded byte for byte, so Azure still sees `model`',
+    'a member or part to edit is larger than the editor holds back (1 MiB): forwarded unchanged, byte for byte, so Azure still sees `model`',
   partial_body: 'Envoy sent only part of the body (BUFFERED_PARTIAL)',
   body_mode_unknown: 'Envoy sent no protocol_config (< 1.34): the body mode is unknown',
   body_not_sent:
@@ -31,6 +31,9 @@ export const PASS_REASONS = {
 } as const satisfies Record<string, string>;
 
 export type PassReason = keyof typeof PASS_REASONS;
+
+/** Reasons logged at warn: a body the server was asked to edit went upstream without the edit. */
+export const UNEDITED_REASONS: ReadonlySet<PassReason> = new Set(['invalid_body', 'nesting_too_deep', 'member_too_large', 'cut_by_trailers']);
 
 /** Why a request was answered locally, in Azure's error shape; each key is a `…_rejected_total` label. */
 export const REJECT_REASONS = {

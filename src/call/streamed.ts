@@ -92,7 +92,7 @@ export class Streamed implements BodyStrategy {
     // Trailers follow, so end_of_stream stays false; nothing to send means no answer at all (an empty
     // streamed_response would answer a chunk Envoy never sent).
     if (bytes.length === 0) return [];
-    return [{ ...streamedBodyResponse('request', bytes, false), ...this.metadata() }];
+    return [streamedBodyResponse('request', bytes, false, this.scope.record.extras())];
   }
 
   close(): void {
@@ -245,18 +245,10 @@ export class Streamed implements BodyStrategy {
     };
   }
 
-  private metadata(): { dynamic_metadata?: ProcessingResponse['dynamic_metadata'] } {
-    const metadata = this.scope.record.metadata();
-    return metadata ? { dynamic_metadata: metadata } : {};
-  }
-
   /** One answer for one body message (STREAMED), or for the bytes released (FULL_DUPLEX_STREAMED). */
   private answer(released: Buffer, message: HttpBody, withMetadata: boolean): ProcessingResponse {
     const extras = withMetadata && this.ended ? this.scope.record.extras() : {};
-    if (this.mode === 'FULL_DUPLEX_STREAMED') {
-      const response = streamedBodyResponse('request', released, message.end_of_stream);
-      return extras.dynamicMetadata ? { ...response, dynamic_metadata: extras.dynamicMetadata } : response;
-    }
+    if (this.mode === 'FULL_DUPLEX_STREAMED') return streamedBodyResponse('request', released, message.end_of_stream, extras);
     // STREAMED: an unchanged chunk gets a bare CONTINUE, so other filters' changes to it stand.
     if (released.equals(message.body)) return bodyResponse('request', undefined, extras);
     return bodyResponse('request', { body: released }, extras);
