@@ -55,23 +55,24 @@ export class WholeBody implements BodyStrategy {
     // A BUFFERED body with end_of_stream false is still whole (trailers follow); a partial or unknown-mode
     // body without end_of_stream may be cut anywhere, so it is not edited.
     if (!message.end_of_stream && this.mode !== 'BUFFERED') {
-      return this.leave(message, this.mode === 'BUFFERED_PARTIAL' ? 'partial_body' : 'body_mode_unknown');
+      return this.leave(message.body, this.mode === 'BUFFERED_PARTIAL' ? 'partial_body' : 'body_mode_unknown');
     }
     // Over maxBodyBytes, or (a body of unannounced size was not reserved at the headers; it is in memory
     // now) no room for it in the global budget: the overLimit policy.
     if (message.body.length > config.limits.maxBodyBytes || (lease.bytes === 0 && !lease.reserve(message.body.length))) {
       const rejection = overLimitRejection(config);
       if (rejection) return scope.record.reject(rejection, request.plan.route);
-      return this.leave(message, 'too_large');
+      return this.leave(message.body, 'too_large');
     }
     // The editors work on decoded bytes; a compressed body is only edited when Envoy applies the header
     // changes of a BUFFERED answer (content-encoding goes with it).
-    if (request.encoding !== 'identity' && this.mode !== 'BUFFERED') return this.leave(message, 'content_encoding');
+    if (request.encoding !== 'identity' && this.mode !== 'BUFFERED') return this.leave(message.body, 'content_encoding');
     return this.edit(message.body);
   }
 
-  private leave(message: HttpBody, reason: PassReason, detail?: string): ProcessingResponse {
-    this.request.bytesOut += message.body.length;
+  /** The body goes on as Envoy sent it (a bare CONTINUE); `reason` says why. */
+  private leave(body: Buffer, reason: PassReason, detail?: string): ProcessingResponse {
+    this.request.bytesOut += body.length;
     this.scope.record.pass(reason, this.request.plan.route, detail);
     return bodyResponse('request', undefined, this.scope.record.extras());
   }
@@ -85,7 +86,7 @@ export class WholeBody implements BodyStrategy {
       // The edited body goes back in one ext_proc message: one past maxMessageBytes would fail the call.
       const limit = Math.min(config.limits.maxDecompressedBytes, config.maxMessageBytes - MESSAGE_OVERHEAD_BYTES);
       const inflated = decompress(original, request.encoding, limit);
-      if (!inflated) return this.leave({ body: original, end_of_stream: true }, 'content_encoding', 'cannot decompress within limits');
+      if (!inflated) return this.leave(original, 'content_encoding', 'cannot decompress within limits');
       body = inflated;
     }
     // The body was decoded from this call's gRPC message and is not read again: edit it in place.
@@ -100,7 +101,7 @@ export class WholeBody implements BodyStrategy {
       const invalid = outcome.kind === 'invalid';
       // A rewrite that needed `model` from the body cannot happen without one: Azure's answer stays as it was.
       return this.leave(
-        { body: original, end_of_stream: true },
+        original,
         invalid ? failureReason(outcome.failure) : 'no_model',
         invalid ? outcome.reason : undefined,
       );
